@@ -1,0 +1,231 @@
+"""``explain()``: the model-inherent explanation of a B-cos prediction.
+
+In explanation mode a B-cos network computes ``logit = W(x) · x + b`` exactly, where ``b`` collects
+input-independent terms (the logit bias, a ViT's positional embedding). ``explain`` returns W(x)
+(``dynamic_linear_weights``), the per-pixel contributions ``Σ_c x·W(x)`` (``contribution_map``),
+``b`` (``bias_contribution``) and the RGBA visualisation of the B-cos papers (``explanation``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import InputIndependentTerm, LogitLayer, explanation_mode
+
+__all__ = ["Explanation", "explain", "gradient_to_image", "check_input", "Target"]
+
+Target = int | Sequence[int] | Tensor | None
+
+_OFFICIAL_KEYS = {"explained_class_idx": "target"}
+
+
+@dataclass(frozen=True)
+class Explanation(Mapping):
+    """Result of :func:`explain` for a batch of B images ``[B, C, H, W]``.
+
+    Attributes:
+        logits: ``[B, num_classes]`` model outputs.
+        prediction: ``[B]`` arg-max classes.
+        target: ``[B]`` explained classes.
+        dynamic_linear_weights: ``[B, C, H, W]`` W(x) for each target logit.
+        contribution_map: ``[B, H, W]`` ``Σ_c x·W(x)``: how much each pixel adds to the logit.
+        bias_contribution: ``[B]`` input-independent part of each target logit (logit bias,
+            positional embeddings); ``contribution_map.sum((-2, -1)) + bias_contribution == logit``.
+        explanation: ``[B, H, W, 4]`` RGBA image in [0, 1] (:func:`gradient_to_image`).
+
+    Mapping access with the official B-cos key names works too (``out["explanation"]``,
+    ``out["explained_class_idx"]``); for a single image it returns the official types
+    (``int`` classes, an ``[H, W, 4]`` numpy explanation, a ``[1, H, W]`` contribution map).
+    """
+
+    logits: Tensor
+    prediction: Tensor
+    target: Tensor
+    dynamic_linear_weights: Tensor
+    contribution_map: Tensor
+    bias_contribution: Tensor
+    explanation: Tensor
+
+    def __getitem__(self, key: str) -> Any:
+        name = _OFFICIAL_KEYS.get(key, key)
+        if name not in self._names():
+            raise KeyError(f"{key!r}; available keys: {', '.join(self)}")
+        value = getattr(self, name)
+        if self.logits.shape[0] != 1:
+            return value
+        if name in ("prediction", "target"):
+            return int(value.item())
+        if name == "explanation":
+            return value[0].cpu().numpy()
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names() + tuple(_OFFICIAL_KEYS))
+
+    def __len__(self) -> int:
+        return len(self._names()) + len(_OFFICIAL_KEYS)
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def check_input(model: nn.Module, x: Tensor) -> Tensor:
+    """Validate an input batch for ``model`` and return it as ``[B, C, H, W]``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a tensor, got {type(x).__name__}; preprocess images with model.transform(img)")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"expected an image batch [B, C, H, W] (or one image [C, H, W]), got shape {tuple(x.shape)}")
+    expected = getattr(model, "in_chans", None)
+    if expected is not None and x.shape[1] != expected:
+        hint = ""
+        if expected == 2 * x.shape[1]:
+            hint = (
+                f" B-cos models take the image and its inverse [x, 1-x]: use model.transform(img) "
+                f"or bcos_zoo.AddInverse()(x) to get {expected} channels"
+            )
+        raise ValueError(f"model expects {expected} input channels, got {x.shape[1]}.{hint}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a float tensor, got {x.dtype}; use model.transform(img) to preprocess")
+    return x
+
+
+def _resolve_target(target: Target, logits: Tensor) -> Tensor:
+    """Turn ``target`` (None, int, per-sample sequence or tensor) into a ``[B]`` index tensor."""
+    batch, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(1)
+    t = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"target has {t.numel()} entries for a batch of {batch}: give one class or one per sample")
+    if (t < 0).any() or (t >= num_classes).any():
+        raise ValueError(f"target class out of range: got {t.tolist()}, the model has {num_classes} classes")
+    return t
+
+
+def _capture_constant_terms(model: nn.Module, batch: int, store: list[Tensor]) -> list[Any]:
+    """Make the outputs of input-independent modules per-sample leaves, so their share of each
+    logit can be read off their gradients. Returns the hook handles."""
+
+    def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+        # such modules return an unbatched term that the forward adds by broadcasting
+        leaf = output.detach().expand(batch, *output.shape).clone().requires_grad_(True)
+        store.append(leaf)
+        return leaf
+
+    return [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, InputIndependentTerm)]
+
+
+def _logit_bias(model: nn.Module) -> float:
+    layers = [m for m in model.modules() if isinstance(m, LogitLayer)]
+    return sum(m.logit_bias or 0.0 for m in layers)
+
+
+def explain(
+    model: nn.Module,
+    x: Tensor,
+    target: Target = None,
+    *,
+    smooth: int = 15,
+    alpha_percentile: float = 99.5,
+) -> Explanation:
+    """Explain the ``target`` logits of ``model`` for the batch ``x`` (``[B, C, H, W]`` or ``[C, H, W]``).
+
+    Runs one forward and one backward pass in explanation mode. The caller's tensor, its
+    ``.grad`` and the model's parameter gradients are left untouched, so repeated calls give
+    identical results; it works under ``torch.no_grad()`` too.
+
+    Args:
+        model: a B-cos model (in eval mode; a warning is given otherwise).
+        x: preprocessed input (``model.transform(img)``).
+        target: ``None`` for the predicted class, one class for all samples, or one per sample.
+        smooth, alpha_percentile: options of the RGBA visualisation (:func:`gradient_to_image`).
+
+    Example:
+        >>> out = explain(model, model.transform(img)[None])
+        >>> out.contribution_map.sum((-2, -1)) + out.bias_contribution  # == the target logit
+    """
+    x = check_input(model, x)
+    if model.training:
+        warnings.warn("explaining a model in training mode (batch statistics); call model.eval() first", stacklevel=2)
+    inp = x.detach().clone().requires_grad_(True)
+    constants: list[Tensor] = []
+    handles = _capture_constant_terms(model, inp.shape[0], constants)
+    try:
+        with torch.enable_grad(), explanation_mode(model):
+            logits = model(inp)
+            targets = _resolve_target(target, logits)
+            chosen = logits.gather(1, targets[:, None]).sum()
+            grads = torch.autograd.grad(chosen, [inp, *constants], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    weights = grads[0]
+    contributions = (inp.detach() * weights).sum(1)
+    bias = torch.full((inp.shape[0],), _logit_bias(model), dtype=logits.dtype, device=logits.device)
+    for term, grad in zip(constants, grads[1:]):
+        if grad is not None:
+            bias = bias + (term.detach() * grad).flatten(1).sum(1)
+    logits = logits.detach()
+    return Explanation(
+        logits=logits,
+        prediction=logits.argmax(1),
+        target=targets,
+        dynamic_linear_weights=weights,
+        contribution_map=contributions,
+        bias_contribution=bias,
+        explanation=gradient_to_image(inp.detach(), weights, smooth=smooth, alpha_percentile=alpha_percentile),
+    )
+
+
+def _quantile_rows(values: Tensor, q: float) -> Tensor:
+    """Per-row quantile with linear interpolation (as ``torch.quantile``), without its input-size limit."""
+    n = values.shape[1]
+    pos = q * (n - 1)
+    lo, hi = int(pos), min(int(pos) + 1, n - 1)
+    v_lo = values.kthvalue(lo + 1, dim=1).values
+    v_hi = values.kthvalue(hi + 1, dim=1).values
+    return v_lo + (v_hi - v_lo) * (pos - lo)
+
+
+def gradient_to_image(
+    image: Tensor, linear_mapping: Tensor, *, smooth: int = 15, alpha_percentile: float = 99.5
+) -> Tensor:
+    """The B-cos RGBA visualisation of dynamic linear weights, batched.
+
+    ``image`` and ``linear_mapping`` are ``[B, 2k, H, W]`` (image and inverse channels, k = 3 or
+    1) or a single ``[2k, H, W]``. Colour: per pixel, the weight vector is scaled to max-abs 1,
+    clamped at 0, and each channel pair (c, 1-c) normalised to sum 1. Opacity: the weight norm,
+    zero where the contribution is negative, box-smoothed with kernel ``smooth``, divided by its
+    ``alpha_percentile`` percentile and clipped to [0, 1]. Returns ``[B, H, W, 4]`` (or ``[H, W, 4]``).
+    """
+    single = image.dim() == 3
+    if single:
+        image, linear_mapping = image[None], linear_mapping[None]
+    w = linear_mapping.detach()
+    half = w.shape[1] // 2
+    contribs = (image.detach() * w).sum(1, keepdim=True)  # [B, 1, H, W]
+    rgb = (w / (w.abs().amax(1, keepdim=True) + 1e-12)).clamp(min=0)
+    rgb = rgb[:, :half] / (rgb[:, :half] + rgb[:, half:] + 1e-12)  # [B, k, H, W]
+    if half == 1:
+        rgb = rgb.expand(-1, 3, -1, -1)
+    alpha = torch.linalg.vector_norm(w, dim=1, keepdim=True)
+    alpha = torch.where(contribs < 0, torch.full_like(alpha, 1e-12), alpha)
+    if smooth:
+        alpha = F.avg_pool2d(alpha, smooth, stride=1, padding=(smooth - 1) // 2)
+    cutoff = _quantile_rows(alpha.flatten(1), alpha_percentile / 100)
+    alpha = (alpha / cutoff.view(-1, 1, 1, 1)).clamp(0, 1)
+    # an even smoothing kernel shrinks alpha by one pixel, as in the reference implementation
+    out = torch.cat([rgb[..., : alpha.shape[-2], : alpha.shape[-1]], alpha], 1).permute(0, 2, 3, 1)  # [B, H, W, 4]
+    return out[0] if single else out

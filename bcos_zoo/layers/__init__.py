@@ -1,0 +1,32 @@
+"""B-cos building blocks: layers, norms, the logit layer and explanation mode."""
+
+from .bcos import BcosConv2d, BcosLinear, NormedConv2d, NormedLinear, bcos_scale, patch_norms
+from .detach import Detachable, InputIndependentTerm, explanation_mode, is_in_explanation_mode
+from .logit import LogitLayer, default_logit_bias
+from .norms import (
+    NORM_NAMES,
+    AllNorm2d,
+    AllNormUncentered2d,
+    BatchNorm2d,
+    BatchNormUncentered2d,
+    DetachableGNInstanceNorm2d,
+    DetachableGNLayerNorm2d,
+    DetachableGroupNorm2d,
+    DetachableLayerNorm,
+    DetachablePositionNorm2d,
+    GNInstanceNormUncentered2d,
+    GNLayerNormUncentered2d,
+    GroupNormUncentered2d,
+    NormFactory,
+    PositionNormUncentered2d,
+    get_norm_layer,
+)
+
+__all__ = [
+    "BcosConv2d", "BcosLinear", "NormedConv2d", "NormedLinear", "bcos_scale", "patch_norms",
+    "Detachable", "InputIndependentTerm", "explanation_mode", "is_in_explanation_mode", "LogitLayer", "default_logit_bias",
+    "NORM_NAMES", "AllNorm2d", "AllNormUncentered2d", "BatchNorm2d", "BatchNormUncentered2d",
+    "DetachableGNInstanceNorm2d", "DetachableGNLayerNorm2d", "DetachableGroupNorm2d", "DetachableLayerNorm",
+    "DetachablePositionNorm2d", "GNInstanceNormUncentered2d", "GNLayerNormUncentered2d", "GroupNormUncentered2d",
+    "NormFactory", "PositionNormUncentered2d", "get_norm_layer",
+]  # fmt: skip

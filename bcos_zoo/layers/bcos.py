@@ -1,0 +1,218 @@
+"""B-cos convolution and linear layers (B-cos v2 formulation).
+
+A B-cos unit with unit-norm weight ŵ computes ``(ŵ·x) · |cos(x, ŵ)|^(B-1)``: the linear response,
+scaled down unless input and weight align. For B=2 this is ``(ŵ·x)·|ŵ·x| / ‖x‖``.
+
+Weights are stored un-normalised (as in the official checkpoints, key ``<name>.linear.weight``)
+and normalised per output unit in every forward pass, without an epsilon. The input norm ‖x‖ of a
+convolution is taken over each input patch, with ``1e-6`` inside the square root; the linear layer
+adds ``1e-12`` outside it. MaxOut (``max_out > 1``) reduces groups of consecutive output units
+before the cosine scaling.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .detach import Detachable
+
+__all__ = ["BcosConv2d", "BcosLinear", "NormedConv2d", "NormedLinear", "patch_norms", "bcos_scale"]
+
+_size_2_t = Union[int, tuple[int, int]]
+
+CONV_NORM_EPS = 1e-6
+LINEAR_NORM_EPS = 1e-12
+COS_EPS = 1e-6
+
+
+class NormedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose filters are divided by their L2 norm in every forward pass."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        w = w / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)
+        return self._conv_forward(x, w, self.bias)
+
+
+class NormedLinear(nn.Linear):
+    """``nn.Linear`` whose rows are divided by their L2 norm in every forward pass."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        return F.linear(x, w / torch.linalg.vector_norm(w, dim=1, keepdim=True), self.bias)
+
+
+def bcos_scale(out: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
+    """Multiply the linear response ``out`` by the B-cos factor ``|out / norm|^(b-1)``.
+
+    ``norm`` broadcasts against ``out``. In explanation mode (``detach``) the factor is a constant
+    for autograd, so the layer is linear in its input. B=2 uses the exact cheap form
+    ``|out| / norm`` (no extra epsilon), any other B the official ``(|cos| + 1e-6)^(B-1)``.
+    """
+    ref = out.detach() if detach else out
+    if detach:
+        norm = norm.detach()
+    if b == 2:
+        if not torch.is_grad_enabled() or not (out.requires_grad or norm.requires_grad):
+            return ref.abs().div_(norm).mul_(out)  # inference: one allocation
+        return out * (ref.abs() / norm)
+    factor = (ref / norm).abs() + COS_EPS
+    return out * factor.pow(b - 1)
+
+
+def patch_norms(
+    x: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> Tensor:
+    """L2 norm of every input patch a convolution sees, ``[N, groups, H_out, W_out]``.
+
+    The sum of squares over each (zero-padded) window is computed with a sum pool over the
+    channel-summed squares; dilated windows use a ones-kernel convolution instead.
+    """
+    squares = x.square()
+    if groups == 1:
+        squares = squares.sum(1, keepdim=True)  # [N, 1, H, W]
+    else:
+        squares = squares.unflatten(1, (groups, -1)).sum(2)  # [N, G, H, W]
+    if dilation != (1, 1):
+        ones = squares.new_ones(groups, 1, *kernel_size)
+        sums = F.conv2d(squares, ones, None, stride, padding, dilation, groups)
+    elif kernel_size == (1, 1) and padding == (0, 0):
+        sums = squares[..., :: stride[0], :: stride[1]]
+    else:
+        area = kernel_size[0] * kernel_size[1]
+        sums = F.avg_pool2d(squares, kernel_size, stride, padding) * area
+    return (sums + CONV_NORM_EPS).sqrt()
+
+
+def _reduce_max_out(out: Tensor, max_out: int, dim: int) -> Tensor:
+    """MaxOut: units ``o*M .. o*M+M-1`` form output ``o``; keep the largest response."""
+    if max_out == 1:
+        return out
+    return out.unflatten(dim, (-1, max_out)).amax(dim + 1 if dim >= 0 else dim)
+
+
+def _check_b(b: float, max_out: int) -> None:
+    if not b >= 1:
+        raise ValueError(f"B must be >= 1 (B=1 is a plain linear unit), got b={b}")
+    if max_out < 1:
+        raise ValueError(f"max_out must be a positive integer, got max_out={max_out}")
+
+
+class BcosConv2d(Detachable, nn.Module):
+    """2-D B-cos convolution, state-dict compatible with the official ``BcosConv2d``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode:
+            as for ``nn.Conv2d`` (there is never a bias).
+        b: the alignment exponent B; 1 makes the layer linear.
+        max_out: number of filters per output unit (MaxOut); 1 disables it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _size_2_t = 1,
+        stride: _size_2_t = 1,
+        padding: _size_2_t = 0,
+        dilation: _size_2_t = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        b: float = 2,
+        max_out: int = 1,
+    ) -> None:
+        super().__init__()
+        _check_b(b, max_out)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.groups, self.b, self.max_out = groups, b, max_out
+        self.linear = NormedConv2d(
+            in_channels, out_channels * max_out, self.kernel_size, self.stride, self.padding,
+            self.dilation, groups, bias=False, padding_mode=padding_mode, device=device, dtype=dtype,
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = _reduce_max_out(self.linear(x), self.max_out, 1)  # [N, O, H', W']
+        if self.b == 1:
+            return out
+        norm = patch_norms(x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+        if self.groups == 1:
+            return bcos_scale(out, norm, self.b, self.detach)
+        grouped = out.unflatten(1, (self.groups, -1))  # [N, G, O/G, H', W']
+        return bcos_scale(grouped, norm.unsqueeze(2), self.b, self.detach).flatten(1, 2)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        s += f", B={self.b}"
+        return s + (f", max_out={self.max_out}" if self.max_out > 1 else "")
+
+
+class BcosLinear(Detachable, nn.Module):
+    """B-cos linear layer over the last dimension, compatible with the official ``BcosLinear``.
+
+    ``bias`` is accepted for signature compatibility with ``nn.Linear`` but must be False: a bias
+    would break the dynamic-linear property.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        b: float = 2,
+        max_out: int = 1,
+    ) -> None:
+        super().__init__()
+        if bias:
+            raise ValueError("BcosLinear has no bias: a bias breaks the dynamic-linear property")
+        _check_b(b, max_out)
+        self.in_features, self.out_features = in_features, out_features
+        self.b, self.max_out = b, max_out
+        self.linear = NormedLinear(in_features, out_features * max_out, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = _reduce_max_out(self.linear(x), self.max_out, -1)
+        if self.b == 1:
+            return out
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + LINEAR_NORM_EPS
+        return bcos_scale(out, norm, self.b, self.detach)
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, out_features={self.out_features}, B={self.b}"
+        return s + (f", max_out={self.max_out}" if self.max_out > 1 else "")
+
+
+def kaiming_init_(module: nn.Module) -> None:
+    """The initialisation of the official CNNs: Kaiming-normal (fan-out) convs, unit norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
