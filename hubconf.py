@@ -1,10 +1,12 @@
-"""torch.hub entry points: one per registered bcos-zoo architecture.
+"""torch.hub entry points: one per registered bcos-zoo architecture, documented from the weights registry.
 
-    torch.hub.load("<owner>/bcos-zoo", "bcos_resnet50", pretrained=True)
+torch.hub.load("<owner>/bcos-zoo", "bcos_resnet50", pretrained=True)            # its best weights
+torch.hub.load("<owner>/bcos-zoo", "bcos_resnet50", pretrained="in1k")          # a tag
+torch.hub.load("<owner>/bcos-zoo", "bcos_resnet50", pretrained="w.safetensors")  # a file
 """
 
 dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub", "requests", "PIL"]
 
-import bcos_zoo as _bcos_zoo  # noqa: E402
+from bcos_zoo._hub import hub_entrypoints as _hub_entrypoints
 
-globals().update({_name: _bcos_zoo.model_entrypoint(_name) for _name in _bcos_zoo.list_models()})
+globals().update(_hub_entrypoints())

@@ -45,13 +45,6 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     load_state_dict_strict(model, state_dict, source=f"checkpoint {path}")
 
 
-def _load_pretrained(model: nn.Module, arch: str, pretrained: Pretrained) -> None:
-    """Resolve ``pretrained`` (True, a tag, a path, a URL, ``hf-hub:...``) and load it."""
-    from . import weights  # the weights registry imports the model families, so import lazily
-
-    weights.load_pretrained(model, arch, pretrained)
-
-
 def build_model(
     model_cls: type[nn.Module],
     arch: str,
@@ -64,8 +57,16 @@ def build_model(
 
     Unknown keyword arguments raise a ``TypeError`` listing the accepted ones. The model gets
     ``arch``, ``transform`` (its evaluation preprocessing, adapted to its channel count) and, if
-    ``pretrained``, its weights (strictly loaded) and ``pretrained_cfg``.
+    ``pretrained``, its weights (strictly loaded), their ``transform`` and ``pretrained_cfg``. A
+    registered weight sets ``num_classes`` (and any ``model_kwargs`` it needs) over family defaults;
+    ``create_model`` and the torch.hub entry points reject conflicting user values first.
     """
+    request = None
+    if pretrained:
+        from . import weights  # the weights registry imports this module, so import lazily
+
+        request = weights.resolve_pretrained(arch, pretrained)  # (True, a tag, a path, a URL, hf-hub:...)
+        kwargs = weights.merge_model_kwargs(request, kwargs)  # e.g. num_classes of the weights
     _check_kwargs(arch, model_cls, kwargs)
     model = model_cls(**kwargs)
     model.arch = arch
@@ -73,6 +74,6 @@ def build_model(
     cfg = transform if in_chans == transform.in_chans else TransformConfig(**{**transform.to_dict(), "in_chans": in_chans})
     model.transform = create_transform(cfg)
     model.pretrained_cfg = None
-    if pretrained:
-        _load_pretrained(model, arch, pretrained)
+    if request is not None:
+        weights.load_pretrained(model, arch, request)
     return model

@@ -44,11 +44,11 @@ def is_model(name: str) -> bool:
     return name in _MODEL_ENTRYPOINTS
 
 
-def unknown_name_error(kind: str, name: str, known: list[str]) -> ValueError:
+def unknown_name_error(kind: str, name: str, known: list[str], listing: str = "bcos_zoo.list_models()") -> ValueError:
     """A ValueError naming the unknown ``name`` and its closest known matches."""
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}.{hint} See bcos_zoo.list_models() for all names.")
+    return ValueError(f"unknown {kind} {name!r}.{hint} See {listing} for all names.")
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:

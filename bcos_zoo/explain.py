@@ -8,8 +8,9 @@ input-independent terms (the logit bias, a ViT's positional embedding). ``explai
 
 from __future__ import annotations
 
+import difflib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from .layers import InputIndependentTerm, LogitLayer, explanation_mode
 
-__all__ = ["Explanation", "explain", "gradient_to_image", "check_input", "Target"]
+__all__ = ["Explanation", "explain", "explain_topk", "gradient_to_image", "check_input", "Target"]
 
 Target = int | Sequence[int] | Tensor | None
 
@@ -99,7 +100,7 @@ def check_input(model: nn.Module, x: Tensor) -> Tensor:
     return x
 
 
-def _resolve_target(target: Target, logits: Tensor) -> Tensor:
+def _resolve_target(target: Target, logits: Tensor, kind: str = "class") -> Tensor:
     """Turn ``target`` (None, int, per-sample sequence or tensor) into a ``[B]`` index tensor."""
     batch, num_classes = logits.shape
     if target is None:
@@ -110,7 +111,7 @@ def _resolve_target(target: Target, logits: Tensor) -> Tensor:
     if t.numel() != batch:
         raise ValueError(f"target has {t.numel()} entries for a batch of {batch}: give one class or one per sample")
     if (t < 0).any() or (t >= num_classes).any():
-        raise ValueError(f"target class out of range: got {t.tolist()}, the model has {num_classes} classes")
+        raise ValueError(f"target {kind} out of range: got {t.tolist()}, valid ones are 0 to {num_classes - 1}")
     return t
 
 
@@ -132,6 +133,95 @@ def _logit_bias(model: nn.Module) -> float:
     return sum(m.logit_bias or 0.0 for m in layers)
 
 
+def _named_layer(model: nn.Module, layer: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if not layer or layer not in modules:
+        close = difflib.get_close_matches(layer, [n for n in modules if n], n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else " See model.named_modules() for the names."
+        raise ValueError(f"{type(model).__name__} has no layer {layer!r}.{hint}")
+    return modules[layer]
+
+
+def _channel_totals(outputs: list[Any], layer: str) -> Tensor:
+    """The layer's (last) output summed over its spatial (or token) positions: ``[B, num_channels]``."""
+    if not outputs:
+        raise ValueError(f"layer {layer!r} is not used in the forward pass; pick one that is")
+    output = outputs[-1]
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"layer {layer!r} returns {type(output).__name__}, not a tensor; pick a layer with a tensor output"
+        )
+    if output.dim() == 4:  # [B, C, H, W] feature maps
+        return output.sum((-2, -1))
+    if output.dim() == 3:  # [B, N, D] tokens
+        return output.sum(1)
+    if output.dim() == 2:  # [B, D] features
+        return output
+    raise ValueError(
+        f"layer {layer!r} output has shape {tuple(output.shape)}; expected [B, C, H, W], [B, N, D] or [B, D]"
+    )
+
+
+def _grads_per_target(chosen: Tensor, inputs: list[Tensor]) -> list[Tensor | None]:
+    """Gradients of each column of ``chosen`` ``[B, K]`` w.r.t. ``inputs``, stacked as ``[K, *input.shape]``.
+
+    One backward pass: for K > 1 it is vectorised over the K one-hot output gradients
+    (``is_grads_batched``), so the forward pass is never repeated.
+    """
+    k = chosen.shape[1]
+    if k == 1:
+        grads = torch.autograd.grad(chosen.sum(), inputs, allow_unused=True)
+        return [None if g is None else g[None] for g in grads]
+    onehots = torch.eye(k, dtype=chosen.dtype, device=chosen.device)[:, None, :].expand(k, *chosen.shape)  # [K, B, K]
+    return list(torch.autograd.grad(chosen, inputs, grad_outputs=onehots, is_grads_batched=True, allow_unused=True))
+
+
+def _explain_selected(
+    model: nn.Module,
+    x: Tensor,
+    select: Callable[[Tensor], Tensor],
+    *,
+    layer: str | None,
+    smooth: int,
+    alpha_percentile: float,
+) -> list[Explanation]:
+    """One forward pass in explanation mode, ``select(scores) -> [B, K]`` indices, one backward pass;
+    one :class:`Explanation` per column. ``scores`` are the logits, or a layer's channel totals."""
+    x = check_input(model, x)
+    if model.training:
+        warnings.warn("explaining a model in training mode (batch statistics); call model.eval() first", stacklevel=3)
+    inp = x.detach().clone().requires_grad_(True)
+    constants: list[Tensor] = []
+    handles = _capture_constant_terms(model, inp.shape[0], constants)
+    layer_out: list[Any] = []
+    if layer is not None:
+        handles.append(_named_layer(model, layer).register_forward_hook(lambda _m, _i, out: layer_out.append(out)))
+    try:
+        with torch.enable_grad(), explanation_mode(model):
+            logits = model(inp)
+            scores = logits if layer is None else _channel_totals(layer_out, layer)
+            targets = select(scores)  # [B, K]
+            grads = _grads_per_target(scores.gather(1, targets), [inp, *constants])
+    finally:
+        for h in handles:
+            h.remove()
+    logits = logits.detach()
+    bias0 = _logit_bias(model) if layer is None else 0.0
+    results = []
+    for k in range(targets.shape[1]):
+        weights = grads[0][k]
+        bias = torch.full((inp.shape[0],), bias0, dtype=logits.dtype, device=logits.device)
+        for term, grad in zip(constants, grads[1:]):
+            if grad is not None:
+                bias = bias + (term.detach() * grad[k]).flatten(1).sum(1)
+        results.append(Explanation(
+            logits=logits, prediction=logits.argmax(1), target=targets[:, k], dynamic_linear_weights=weights,
+            contribution_map=(inp.detach() * weights).sum(1), bias_contribution=bias,
+            explanation=gradient_to_image(inp.detach(), weights, smooth=smooth, alpha_percentile=alpha_percentile),
+        ))  # fmt: skip
+    return results
+
+
 def explain(
     model: nn.Module,
     x: Tensor,
@@ -139,6 +229,8 @@ def explain(
     *,
     smooth: int = 15,
     alpha_percentile: float = 99.5,
+    layer: str | None = None,
+    channel: Target = None,
 ) -> Explanation:
     """Explain the ``target`` logits of ``model`` for the batch ``x`` (``[B, C, H, W]`` or ``[C, H, W]``).
 
@@ -146,47 +238,77 @@ def explain(
     ``.grad`` and the model's parameter gradients are left untouched, so repeated calls give
     identical results; it works under ``torch.no_grad()`` too.
 
+    With ``layer``, an intermediate quantity is explained instead of a logit: the output of the
+    submodule ``layer`` (a name from ``model.named_modules()``, e.g. ``"layer3.1"``) summed over
+    its spatial positions (tokens for a ViT), at channel ``channel``. In explanation mode that
+    output is dynamic linear in ``x`` too, so ``contribution_map.sum((-2, -1)) + bias_contribution``
+    equals it; ``bias_contribution`` then holds only input-independent terms (no logit bias), and
+    ``target`` holds the explained channels (``logits`` and ``prediction`` are still the model's).
+
     Args:
         model: a B-cos model (in eval mode; a warning is given otherwise).
         x: preprocessed input (``model.transform(img)``).
         target: ``None`` for the predicted class, one class for all samples, or one per sample.
         smooth, alpha_percentile: options of the RGBA visualisation (:func:`gradient_to_image`).
+        layer: explain this submodule's output instead of the logits.
+        channel: with ``layer``: the channel (one for all samples or one per sample); ``None`` for
+            each sample's largest channel total.
 
     Example:
         >>> out = explain(model, model.transform(img)[None])
         >>> out.contribution_map.sum((-2, -1)) + out.bias_contribution  # == the target logit
+        >>> out = explain(model, x, layer="layer3.1", channel=5)  # sum of that feature map
     """
-    x = check_input(model, x)
-    if model.training:
-        warnings.warn("explaining a model in training mode (batch statistics); call model.eval() first", stacklevel=2)
-    inp = x.detach().clone().requires_grad_(True)
-    constants: list[Tensor] = []
-    handles = _capture_constant_terms(model, inp.shape[0], constants)
-    try:
-        with torch.enable_grad(), explanation_mode(model):
-            logits = model(inp)
-            targets = _resolve_target(target, logits)
-            chosen = logits.gather(1, targets[:, None]).sum()
-            grads = torch.autograd.grad(chosen, [inp, *constants], allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
-    weights = grads[0]
-    contributions = (inp.detach() * weights).sum(1)
-    bias = torch.full((inp.shape[0],), _logit_bias(model), dtype=logits.dtype, device=logits.device)
-    for term, grad in zip(constants, grads[1:]):
-        if grad is not None:
-            bias = bias + (term.detach() * grad).flatten(1).sum(1)
-    logits = logits.detach()
-    return Explanation(
-        logits=logits,
-        prediction=logits.argmax(1),
-        target=targets,
-        dynamic_linear_weights=weights,
-        contribution_map=contributions,
-        bias_contribution=bias,
-        explanation=gradient_to_image(inp.detach(), weights, smooth=smooth, alpha_percentile=alpha_percentile),
-    )
+    if layer is None and channel is not None:
+        raise ValueError("channel= selects a channel of layer=; to explain a class, pass target=")
+    if layer is not None and target is not None:
+        raise ValueError(f"with layer={layer!r}, select the explained channel with channel=, not target=")
+    wanted, kind = (target, "class") if layer is None else (channel, "channel")
+    select = lambda scores: _resolve_target(wanted, scores, kind)[:, None]
+    return _explain_selected(model, x, select, layer=layer, smooth=smooth, alpha_percentile=alpha_percentile)[0]
+
+
+def explain_topk(
+    model: nn.Module,
+    x: Tensor,
+    k: int = 5,
+    *,
+    targets: Tensor | Sequence[Sequence[int]] | None = None,
+    smooth: int = 15,
+    alpha_percentile: float = 99.5,
+    layer: str | None = None,
+) -> list[Explanation]:
+    """Explain the ``k`` highest logits of every image (or the given ``targets``) at once.
+
+    Costs one forward pass and one batched backward pass, not K of each; ``result[j]`` equals
+    ``explain(model, x, target=result[j].target)``, i.e. it explains the ``j``-th highest logit
+    (or ``targets[:, j]``) of every image in the batch.
+
+    Args:
+        model, x, smooth, alpha_percentile: as for :func:`explain`.
+        k: how many of the highest logits to explain (ignored when ``targets`` is given).
+        targets: ``[B, K]`` classes to explain per image (a nested list or a tensor; ``[K]`` is
+            used for every image).
+        layer: explain the channel totals of this submodule instead (see :func:`explain`).
+
+    Example:
+        >>> top3 = explain_topk(model, x, 3)
+        >>> [e.target for e in top3]  # the three most likely classes of each image
+    """
+
+    def select(scores: Tensor) -> Tensor:
+        kind = "class" if layer is None else "channel"
+        if targets is None:
+            if not 1 <= k <= scores.shape[1]:
+                raise ValueError(f"k must be between 1 and {scores.shape[1]} (the number of {kind} scores), got {k}")
+            return scores.topk(k, dim=1).indices  # [B, K]
+        t = torch.as_tensor(targets, device=scores.device).long()
+        t = t.expand(scores.shape[0], -1) if t.dim() == 1 else t
+        if t.dim() != 2 or t.shape[0] != scores.shape[0]:
+            raise ValueError(f"targets must be [B, K] (or [K]) for a batch of {scores.shape[0]}, got {tuple(t.shape)}")
+        return torch.stack([_resolve_target(col, scores, kind) for col in t.unbind(1)], 1)
+
+    return _explain_selected(model, x, select, layer=layer, smooth=smooth, alpha_percentile=alpha_percentile)
 
 
 def _quantile_rows(values: Tensor, q: float) -> Tensor:

@@ -31,12 +31,20 @@ COS_EPS = 1e-6
 
 
 class NormedConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose filters are divided by their L2 norm in every forward pass."""
+    """``nn.Conv2d`` whose filters are divided by their L2 norm in every forward pass.
+
+    Dividing the filters or dividing the output channels by the filter norms is the same map; the
+    forward does whichever touches fewer numbers (filters in early layers, outputs in late layers
+    at small batch sizes), which saves a full pass over the weights where it matters.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        w = w / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)
-        return self._conv_forward(x, w, self.bias)
+        norms = torch.linalg.vector_norm(w, dim=(1, 2, 3))  # [O]
+        out_pixels = x.shape[0] * (x.shape[-2] // self.stride[0]) * (x.shape[-1] // self.stride[1])
+        if w.numel() <= out_pixels * w.shape[0] or self.bias is not None:
+            return self._conv_forward(x, w / norms.view(-1, 1, 1, 1), self.bias)
+        return self._conv_forward(x, w, None) * norms.reciprocal().view(1, -1, 1, 1)
 
 
 class NormedLinear(nn.Linear):
@@ -78,10 +86,12 @@ def patch_norms(
     The sum of squares over each (zero-padded) window is computed with a sum pool over the
     channel-summed squares; dilated windows use a ones-kernel convolution instead.
     """
-    squares = x.square()
-    if groups == 1:
-        squares = squares.sum(1, keepdim=True)  # [N, 1, H, W]
+    if groups == 1 and not (torch.is_grad_enabled() and x.requires_grad):
+        squares = torch.linalg.vector_norm(x, dim=1, keepdim=True).square_()  # [N, 1, H, W], one pass
+    elif groups == 1:
+        squares = x.square().sum(1, keepdim=True)  # [N, 1, H, W]; differentiable also where x = 0
     else:
+        squares = x.square()
         squares = squares.unflatten(1, (groups, -1)).sum(2)  # [N, G, H, W]
     if dilation != (1, 1):
         ones = squares.new_ones(groups, 1, *kernel_size)
@@ -149,7 +159,8 @@ class BcosConv2d(Detachable, nn.Module):
         out = _reduce_max_out(self.linear(x), self.max_out, 1)  # [N, O, H', W']
         if self.b == 1:
             return out
-        norm = patch_norms(x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach):  # detached anyway
+            norm = patch_norms(x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
         if self.groups == 1:
             return bcos_scale(out, norm, self.b, self.detach)
         grouped = out.unflatten(1, (self.groups, -1))  # [N, G, O/G, H', W']

@@ -61,8 +61,12 @@ class explanation_mode(contextlib.ContextDecorator):  # noqa: N801 (reads like a
     def __enter__(self) -> nn.Module:
         saved = [(m, m.detach) for m in self.model.modules() if isinstance(m, Detachable)]
         self._saved.append(saved)
-        for module, _ in saved:
-            module.set_explanation_mode(self.active)
+        try:
+            for module, _ in saved:
+                module.set_explanation_mode(self.active)
+        except BaseException:  # a module refused (e.g. a centered BatchNorm2d in training mode)
+            self.__exit__()  # undo the modules already switched; __exit__ is not called when __enter__ raises
+            raise
         return self.model
 
     def __exit__(self, *exc: Any) -> bool:

@@ -80,7 +80,10 @@ class BatchNormUncentered2d(_UncenteredBatchStats):
         _drop_bias(self, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _affine(x / self._std(x), self.weight, self.bias)
+        std = self._std(x)
+        if self.weight is None:
+            return _affine(x / std, None, self.bias)
+        return _affine(x * (self.weight.view(1, -1, 1, 1) / std), None, self.bias)  # one pass over x
 
 
 class AllNormUncentered2d(BatchNormUncentered2d):

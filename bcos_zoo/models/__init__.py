@@ -1,3 +1,9 @@
 """Model families; importing this package registers every architecture."""
 
 from .resnet import *  # noqa: F401,F403
+from .densenet import *  # noqa: F401,F403
+from .vgg import *  # noqa: F401,F403
+from .convnext import *  # noqa: F401,F403
+from .vit import *  # noqa: F401,F403
+from .cifar import *  # noqa: F401,F403
+from .v1 import *  # noqa: F401,F403

@@ -1,0 +1,137 @@
+"""The plain 9-layer B-cos CNN of the B-cos v1 CIFAR-10 experiments ("9L-M2-B{b}").
+
+Nine B-cos convolutions and nothing else (no norms, no pooling until the end): kernels
+``[3]*8 + [1]``, strides ``[1, 1, 2, 1, 1, 2, 1, 1, 1]``, padding ``[1]*8 + [0]``, widths
+``[64, 64, 128, 128, 128, 256, 256, 256, num_classes]``; the last conv is the classifier, followed
+by global average pooling and the logit transform ``x / T + b``. The CIFAR ResNets of the B-cos v2
+norm ablations are ``bcos_resnet{20,32,44,56}_cifar`` in :mod:`bcos_zoo.models.resnet`.
+
+Without norms the activations of a deep B-cos net shrink with depth (each unit outputs
+``‖x‖·|cos|^B`` and random directions are nearly orthogonal), until the ``1e-6`` inside the patch
+norm dominates. v1 therefore divides every layer's output by a fixed ``scale``, and uses a logit
+temperature T to bring the logits back to a useful range. The defaults are v1's values for the
+given B: ``scale = 10^(-2 + 1.5·(2.5 - B))`` and ``T = 10^{-3, -3, -2, 1, 2, 2, 3}`` for
+``B = 1, 1.25, …, 2.5`` (``log10 T`` interpolated linearly in between and held constant outside),
+which also makes the v1 CIFAR-10 checkpoints (keys ``0.linear.weight`` … ``8.linear.weight``)
+load as they are. ``scale=1`` turns the fixed scaling off.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from torch import Tensor, nn
+
+from .._builder import Pretrained, build_model
+from .._registry import register_model
+from ..layers import LogitLayer, default_logit_bias
+from ..layers.bcos import kaiming_init_
+from ..layers.bcos_v1 import BcosConv2dV1
+from ..transforms import TransformConfig
+from ._base import BcosModelMixin
+
+__all__ = ["BcosSimple9", "v1_cifar_scale", "v1_cifar_temperature"]
+
+KERNELS = (3, 3, 3, 3, 3, 3, 3, 3, 1)
+STRIDES = (1, 1, 2, 1, 1, 2, 1, 1, 1)
+PADDING = (1, 1, 1, 1, 1, 1, 1, 1, 0)
+WIDTHS = (64, 64, 128, 128, 128, 256, 256, 256)  # then num_classes
+
+# (B, log10 T) of the v1 CIFAR-10 experiments
+_V1_LOG10_T = ((1.0, -3.0), (1.25, -3.0), (1.5, -2.0), (1.75, 1.0), (2.0, 2.0), (2.25, 2.0), (2.5, 3.0))
+
+
+def v1_cifar_scale(b: float) -> float:
+    """The fixed per-layer output divisor of the v1 9-layer nets, ``10^(-2 + 1.5·(2.5 - b))``."""
+    return 10 ** (-2 + 1.5 * (2.5 - b))
+
+
+def v1_cifar_temperature(b: float) -> float:
+    """The v1 logit temperature for ``b``; ``log10 T`` is interpolated linearly between v1's values."""
+    bs = [p[0] for p in _V1_LOG10_T]
+    i = bisect.bisect_left(bs, b)
+    if i == 0 or i == len(bs):
+        return 10 ** _V1_LOG10_T[min(i, len(bs) - 1)][1]
+    (b0, t0), (b1, t1) = _V1_LOG10_T[i - 1], _V1_LOG10_T[i]
+    return 10 ** (t0 + (t1 - t0) * (b - b0) / (b1 - b0))
+
+
+class BcosSimple9(BcosModelMixin, nn.Module):
+    """Plain 9-layer fully convolutional B-cos net for small images.
+
+    The convs are children ``0`` … ``8`` (as in the v1 checkpoints' ``nn.Sequential``); ``8`` is
+    the classifier.
+
+    Args:
+        num_classes: output classes (width of the last conv).
+        in_chans: input channels (6 = RGB + inverse, 2 = gray + inverse).
+        b: the B-cos exponent of every layer (any value >= 1).
+        max_out: MaxOut of every layer (2 as in v1, or 1).
+        scale: fixed divisor of every layer's output; ``None``: v1's value for ``b``; 1: none.
+        logit_bias: ``None``: ``-log(num_classes - 1)``.
+        logit_temperature: ``None``: v1's value for ``b``.
+    """
+
+    _classifier_path = "8"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_chans: int = 6,
+        b: float = 2,
+        max_out: int = 2,
+        scale: float | None = None,
+        logit_bias: float | None = None,
+        logit_temperature: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, WIDTHS[-1]
+        self.b, self.max_out = b, max_out
+        self.scale = v1_cifar_scale(b) if scale is None else float(scale)
+        widths = (in_chans, *WIDTHS)
+        for i in range(8):
+            self.add_module(str(i), self._conv(widths[i], widths[i + 1], i))
+        self.add_module("8", self._new_classifier(num_classes))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        temperature = v1_cifar_temperature(b) if logit_temperature is None else logit_temperature
+        self.logit_layer = LogitLayer(
+            temperature, default_logit_bias(num_classes) if logit_bias is None else logit_bias
+        )
+        kaiming_init_(self)
+
+    def _conv(self, cin: int, cout: int, i: int) -> BcosConv2dV1:
+        return BcosConv2dV1(
+            cin, cout, KERNELS[i], STRIDES[i], PADDING[i], b=self.b, max_out=self.max_out, scale=self.scale
+        )
+
+    def _new_classifier(self, num_classes: int) -> nn.Module:
+        classifier = self._conv(self.num_features, num_classes, 8)
+        kaiming_init_(classifier)
+        return classifier
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Convs 0-7: ``[N, in_chans, H, W] -> [N, 256, H/4, W/4]``."""
+        for i in range(8):
+            x = self.get_submodule(str(i))(x)
+        return x
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Classifier conv, global average pool, logit transform: ``-> [N, num_classes]``."""
+        return self.logit_layer(self.avgpool(self.get_submodule("8")(x)).flatten(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_feature_extractor(self) -> nn.Module:
+        """A new ``nn.Sequential`` of convs 0-7, sharing this model's modules."""
+        return nn.Sequential(*(self.get_submodule(str(i)) for i in range(8)))
+
+
+SMALL_TRANSFORM = TransformConfig(resize_size=None, crop_size=None)
+
+
+@register_model
+def bcos_simple9_cifar(pretrained: Pretrained = False, **kwargs: object) -> BcosSimple9:
+    """Plain 9-layer B-cos CNN of the v1 CIFAR-10 experiments (MaxOut 2, B=2 unless ``b`` is given)."""
+    return build_model(BcosSimple9, "bcos_simple9_cifar", pretrained, transform=SMALL_TRANSFORM, **kwargs)

@@ -1,0 +1,162 @@
+"""B-cos DenseNets (B-cos v2).
+
+As torchvision's DenseNet-BC, but: every conv is a B-cos conv and there are no ReLUs (B-cos is
+the non-linearity), the stem pools with AvgPool, norms are bias-free uncentered batch norms by
+default, and the classifier is a 1×1 B-cos conv applied *before* global average pooling,
+followed by the fixed logit bias. State-dict keys equal the official ones
+(``features.denseblock1.denselayer1.conv1.linear.weight``, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+
+from .._builder import Pretrained, build_model
+from .._registry import register_model
+from ..layers import BcosConv2d, NormFactory, get_norm_layer
+from ..transforms import TransformConfig
+from ._features_head import BcosFeaturesClassifier, ConvFactory
+
+__all__ = ["BcosDenseNet", "DenseBlock", "DenseLayer", "Transition"]
+
+
+class DenseLayer(nn.Module):
+    """Pre-norm bottleneck: norm → 1×1 conv (to ``bn_size * growth_rate``) → norm → 3×3 conv (to ``growth_rate``)."""
+
+    def __init__(self, in_features: int, growth_rate: int, bn_size: int, *, conv: ConvFactory,
+                 norm: NormFactory) -> None:  # fmt: skip
+        super().__init__()
+        self.norm1 = norm(in_features)
+        self.conv1 = conv(in_features, bn_size * growth_rate, kernel_size=1)
+        self.norm2 = norm(bn_size * growth_rate)
+        self.conv2 = conv(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(self.norm2(self.conv1(self.norm1(x))))
+
+
+class DenseBlock(nn.ModuleDict):
+    """``denselayer1..n``; each layer sees the concatenation of the block input and all earlier outputs."""
+
+    def __init__(self, num_layers: int, in_features: int, growth_rate: int, bn_size: int, *, conv: ConvFactory,
+                 norm: NormFactory) -> None:  # fmt: skip
+        super().__init__()
+        for i in range(num_layers):
+            layer = DenseLayer(in_features + i * growth_rate, growth_rate, bn_size, conv=conv, norm=norm)
+            self.add_module(f"denselayer{i + 1}", layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(torch.cat(features, 1)))
+        return torch.cat(features, 1)  # [N, in + num_layers * growth_rate, H, W]
+
+
+class Transition(nn.Sequential):
+    """norm → 1×1 conv → 2×2 average pool, between dense blocks."""
+
+    def __init__(self, in_features: int, out_features: int, *, conv: ConvFactory, norm: NormFactory) -> None:
+        super().__init__(
+            OrderedDict(
+                norm=norm(in_features),
+                conv=conv(in_features, out_features, kernel_size=1),
+                pool=nn.AvgPool2d(kernel_size=2, stride=2),
+            )
+        )
+
+
+class BcosDenseNet(BcosFeaturesClassifier):
+    """B-cos DenseNet-BC.
+
+    Args:
+        growth_rate, block_config, num_init_features: channels added per dense layer, dense layers
+            per block, channels of the stem.
+        bn_size: bottleneck width as a multiple of ``growth_rate``.
+        num_classes: output classes; the logit bias defaults to ``-log(num_classes - 1)``.
+        in_chans: input channels (6 = RGB + inverse).
+        b, max_out: B-cos exponent and MaxOut of every conv.
+        norm_layer: norm name (see ``bcos_zoo.layers.get_norm_layer``) or factory.
+        logit_bias, logit_temperature: the fixed logit transform (``None`` bias: the default).
+    """
+
+    _classifier_path = "classifier"
+
+    def __init__(
+        self,
+        growth_rate: int,
+        block_config: tuple[int, ...],
+        num_init_features: int,
+        *,
+        bn_size: int = 4,
+        num_classes: int = 1000,
+        in_chans: int = 6,
+        b: float = 2,
+        max_out: int = 1,
+        norm_layer: str | NormFactory | None = "bnu-linear",
+        logit_bias: float | None = None,
+        logit_temperature: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self._conv: ConvFactory = functools.partial(BcosConv2d, b=b, max_out=max_out)
+        norm = get_norm_layer(norm_layer)
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv0=self._conv(in_chans, num_init_features, kernel_size=7, stride=2, padding=3),
+                norm0=norm(num_init_features),
+                pool0=nn.AvgPool2d(kernel_size=3, stride=2, padding=1),
+            )
+        )
+        channels = num_init_features
+        for i, num_layers in enumerate(block_config):
+            block = DenseBlock(num_layers, channels, growth_rate, bn_size, conv=self._conv, norm=norm)
+            self.features.add_module(f"denseblock{i + 1}", block)
+            channels += num_layers * growth_rate
+            if i != len(block_config) - 1:
+                self.features.add_module(
+                    f"transition{i + 1}", Transition(channels, channels // 2, conv=self._conv, norm=norm)
+                )
+                channels //= 2
+        self.features.add_module("norm5", norm(channels))
+        self.num_features = channels
+        self.classifier = self._new_classifier(num_classes)
+        self._finish(num_classes, logit_bias, logit_temperature)
+
+
+IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)
+
+
+def _create(arch: str, growth_rate: int, block_config: tuple[int, ...], num_init_features: int,
+            pretrained: Pretrained, **kwargs: object) -> BcosDenseNet:  # fmt: skip
+    return build_model(
+        BcosDenseNet, arch, pretrained, transform=IMAGENET_TRANSFORM, growth_rate=growth_rate,
+        block_config=block_config, num_init_features=num_init_features, **kwargs,
+    )  # fmt: skip
+
+
+@register_model
+def bcos_densenet121(pretrained: Pretrained = False, **kwargs: object) -> BcosDenseNet:
+    """B-cos DenseNet-121 (growth 32, blocks 6-12-24-16)."""
+    return _create("bcos_densenet121", 32, (6, 12, 24, 16), 64, pretrained, **kwargs)
+
+
+@register_model
+def bcos_densenet161(pretrained: Pretrained = False, **kwargs: object) -> BcosDenseNet:
+    """B-cos DenseNet-161 (growth 48, blocks 6-12-36-24, 96 stem channels)."""
+    return _create("bcos_densenet161", 48, (6, 12, 36, 24), 96, pretrained, **kwargs)
+
+
+@register_model
+def bcos_densenet169(pretrained: Pretrained = False, **kwargs: object) -> BcosDenseNet:
+    """B-cos DenseNet-169 (growth 32, blocks 6-12-32-32)."""
+    return _create("bcos_densenet169", 32, (6, 12, 32, 32), 64, pretrained, **kwargs)
+
+
+@register_model
+def bcos_densenet201(pretrained: Pretrained = False, **kwargs: object) -> BcosDenseNet:
+    """B-cos DenseNet-201 (growth 32, blocks 6-12-48-32)."""
+    return _create("bcos_densenet201", 32, (6, 12, 48, 32), 64, pretrained, **kwargs)

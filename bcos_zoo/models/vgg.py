@@ -1,0 +1,91 @@
+"""B-cos VGG (B-cos v2).
+
+As torchvision's VGG, but: every conv is a B-cos conv and there are no ReLUs, dropout or max
+pools (AvgPool instead), and there is no 7×7 adaptive pool: the "fully connected" classifier is
+three B-cos convs (7×7, 1×1, 1×1) applied to the feature map *before* global average pooling,
+followed by the fixed logit bias. State-dict keys equal the official ones (``features.0.linear.weight``,
+``features.1.running_var``, ..., ``classifier.2.linear.weight``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+
+from .._builder import Pretrained, build_model
+from .._registry import register_model
+from ..layers import BcosConv2d, NormFactory, get_norm_layer
+from ..transforms import TransformConfig
+from ._features_head import BcosFeaturesClassifier, ConvFactory
+
+__all__ = ["BcosVGG"]
+
+LayerSpec = list[int | str]
+
+#: Configuration "A" of the VGG paper (VGG-11): a number is a 3×3 conv with that many channels, "M" a 2×2 pool.
+VGG11: LayerSpec = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+
+
+class BcosVGG(BcosFeaturesClassifier):
+    """B-cos VGG.
+
+    Args:
+        cfg: the layer configuration (e.g. ``VGG11``): channels of each 3×3 conv (each followed by
+            a norm) or ``"M"`` for a 2×2 average pool.
+        num_classes: output classes; the logit bias defaults to ``-log(num_classes - 1)``.
+        in_chans: input channels (6 = RGB + inverse).
+        b, max_out: B-cos exponent and MaxOut of every conv.
+        norm_layer: norm name (see ``bcos_zoo.layers.get_norm_layer``) or factory; ``"none"``
+            keeps an ``nn.Identity`` after each conv, so the layer indices do not change.
+        logit_bias, logit_temperature: the fixed logit transform (``None`` bias: the default).
+        hidden_features: channels of the two hidden classifier convs.
+
+    ``get_classifier()`` and ``reset_classifier()`` refer to the last classifier conv
+    (``classifier.2``); the two convs before it are kept when fine-tuning.
+    """
+
+    _classifier_path = "classifier.2"
+
+    def __init__(
+        self,
+        cfg: LayerSpec,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 6,
+        b: float = 2,
+        max_out: int = 1,
+        norm_layer: str | NormFactory | None = "bnu-linear",
+        logit_bias: float | None = None,
+        logit_temperature: float | None = None,
+        hidden_features: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self._conv: ConvFactory = functools.partial(BcosConv2d, b=b, max_out=max_out)
+        norm = get_norm_layer(norm_layer)
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.AvgPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [self._conv(channels, int(v), kernel_size=3, padding=1), norm(int(v))]
+                channels = int(v)
+        self.features = nn.Sequential(*layers)
+        self.num_features = hidden_features
+        self.classifier = nn.Sequential(
+            self._conv(channels, hidden_features, kernel_size=7, padding=3),
+            self._conv(hidden_features, hidden_features, kernel_size=1),
+            self._new_classifier(num_classes),
+        )
+        self._finish(num_classes, logit_bias, logit_temperature)
+
+
+IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)
+
+
+@register_model
+def bcos_vgg11_bnu(pretrained: Pretrained = False, **kwargs: object) -> BcosVGG:
+    """B-cos VGG-11 with (bias-free uncentered) batch norms after every conv."""
+    return build_model(BcosVGG, "bcos_vgg11_bnu", pretrained, transform=IMAGENET_TRANSFORM, cfg=VGG11, **kwargs)

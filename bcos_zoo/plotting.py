@@ -1,0 +1,204 @@
+"""Pictures of explanations: the RGBA explanation, the signed contribution map, figures and grids.
+
+matplotlib is an optional dependency (``pip install 'bcos-zoo[plot]'``) and is imported only inside
+these functions. Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot, so
+they never open a window or touch the global backend; :func:`save_figure` renders them with Agg.
+Every panel is ``PANEL_INCHES`` square at ``DPI``, so a figure of R rows and C columns is exactly
+``C * PANEL_INCHES * DPI`` by ``R * PANEL_INCHES * DPI`` pixels.
+
+Example:
+    >>> out = bcos_zoo.explain(model, x)
+    >>> fig = explanation_figure(x[0], [(out.explanation[0], out.contribution_map[0])], ["Sneaker (p=0.93)"])
+    >>> save_figure(fig, "sneaker.png")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
+
+__all__ = [
+    "PANEL_INCHES", "DPI", "to_numpy_image", "explanation_rgb", "clip_symmetric", "plot_explanation",
+    "plot_contribution_map", "explanation_figure", "explanation_grid", "localisation_figure", "save_figure",
+]  # fmt: skip
+
+PANEL_INCHES = 2.5
+DPI = 100
+ArrayLike = Tensor | np.ndarray
+
+
+def _np(x: ArrayLike) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float32)
+
+
+def to_numpy_image(x: ArrayLike) -> np.ndarray:
+    """A model input ``[C, H, W]`` (6 = RGB + inverse, 2 = gray + inverse, 3 or 1) -> RGB ``[H, W, 3]`` in [0, 1]."""
+    arr = _np(x)
+    if arr.ndim != 3:
+        raise ValueError(f"expected an image [C, H, W], got shape {arr.shape}")
+    if arr.shape[0] in (2, 6):
+        arr = arr[: arr.shape[0] // 2]  # drop the inverse channels
+    if arr.shape[0] == 1:
+        arr = np.repeat(arr, 3, axis=0)
+    return np.clip(arr.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def explanation_rgb(rgba: ArrayLike, background: ArrayLike | float = 0.0) -> np.ndarray:
+    """Composite an explanation ``[H, W, 4]`` over ``background``: a grey level (default black, as in the
+    B-cos papers) or an image ``[H, W, 3]`` in [0, 1] (an overlay). Returns ``[H, W, 3]``."""
+    rgba = _np(rgba)
+    alpha = rgba[..., 3:]
+    bg = _np(background) if not isinstance(background, (int, float)) else np.full_like(rgba[..., :3], background)
+    if bg.shape != rgba[..., :3].shape:
+        raise ValueError(f"background of shape {bg.shape} does not match the explanation {rgba.shape}")
+    return np.clip(rgba[..., :3] * alpha + bg * (1 - alpha), 0.0, 1.0)
+
+
+def clip_symmetric(contribution_map: ArrayLike, percentile: float = 99.5) -> tuple[np.ndarray, float]:
+    """Clip a map at the ``percentile`` of its absolute values; returns it and the symmetric range
+    (the largest remaining absolute value, at least 1e-12) for a diverging colour map."""
+    m = _np(contribution_map)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D contribution map [H, W], got shape {m.shape}")
+    cutoff = float(np.percentile(np.abs(m), percentile))
+    clipped = np.clip(m, -cutoff, cutoff)
+    return clipped, max(float(np.abs(clipped).max(initial=0.0)), 1e-12)
+
+
+def _axes(ax: Axes | None) -> Axes:
+    if ax is not None:
+        return ax
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(PANEL_INCHES, PANEL_INCHES), dpi=DPI).add_subplot()
+
+
+def _bare(ax: Axes, title: str | None) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def plot_explanation(rgba: ArrayLike, ax: Axes | None = None, *, image: ArrayLike | None = None,
+                     background: float = 0.0, title: str | None = None) -> Axes:  # fmt: skip
+    """Show an explanation ``[H, W, 4]`` over a neutral ``background`` or, given ``image``, blended on it."""
+    ax = _axes(ax)
+    ax.imshow(
+        explanation_rgb(rgba, to_numpy_image(image) if image is not None else background), interpolation="nearest"
+    )
+    _bare(ax, title)
+    return ax
+
+
+def plot_contribution_map(contribution_map: ArrayLike, ax: Axes | None = None, *, percentile: float = 99.5,
+                          cmap: str = "bwr", title: str | None = None) -> tuple[Axes, AxesImage]:  # fmt: skip
+    """Show a signed ``[H, W]`` contribution map with a diverging colour map over a symmetric range
+    (positive red, negative blue, zero white), clipped at the ``percentile`` of absolute values."""
+    ax = _axes(ax)
+    clipped, vrange = clip_symmetric(contribution_map, percentile)
+    im = ax.imshow(clipped, cmap=cmap, vmin=-vrange, vmax=vrange, interpolation="nearest")
+    _bare(ax, title)
+    return ax, im
+
+
+def _figure(rows: int, cols: int, suptitle: str | None) -> tuple[Figure, np.ndarray]:
+    from matplotlib.figure import Figure
+
+    height = rows * PANEL_INCHES
+    fig = Figure(figsize=(cols * PANEL_INCHES, height), dpi=DPI)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    top = 1 - (0.55 if suptitle else 0.3) / height
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.04, hspace=0.3 / (PANEL_INCHES - 0.3))
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10, y=1 - 0.08 / height, va="top")
+    return fig, axes
+
+
+def explanation_figure(
+    image: ArrayLike,
+    explanations: Sequence[tuple[ArrayLike, ArrayLike]],
+    titles: Sequence[str],
+    *,
+    overlay: bool = False,
+    suptitle: str | None = None,
+    percentile: float = 99.5,
+) -> Figure:
+    """One row per explained target: the input, the explanation and the contribution map.
+
+    Args:
+        image: the model input ``[C, H, W]`` (what the model saw, after cropping).
+        explanations: per target, ``(rgba [H, W, 4], contribution_map [H, W])``.
+        titles: per target, e.g. ``"Sneaker (p=0.93)"``.
+        overlay: blend the explanation on the image instead of a black background.
+        suptitle: a line above all panels (model name, ...).
+        percentile: clipping of the contribution maps.
+    """
+    if len(explanations) != len(titles) or not explanations:
+        raise ValueError(
+            f"need one title per explanation, got {len(explanations)} explanations and {len(titles)} titles"
+        )
+    fig, axes = _figure(len(explanations), 3, suptitle)
+    rgb = to_numpy_image(image)
+    for row, ((rgba, contributions), title) in zip(axes, zip(explanations, titles)):
+        row[0].imshow(rgb, interpolation="nearest")
+        _bare(row[0], "input")
+        plot_explanation(rgba, row[1], image=image if overlay else None, title=title)
+        total = float(_np(contributions).sum())
+        plot_contribution_map(contributions, row[2], percentile=percentile, title=f"contributions (sum {total:.3g})")
+    return fig
+
+
+def explanation_grid(images: Sequence[ArrayLike], explanations: Sequence[ArrayLike], titles: Sequence[str], *,
+                     ncols: int = 4, overlay: bool = False, suptitle: str | None = None) -> Figure:  # fmt: skip
+    """A grid of explanations (one panel each) of several images or classes."""
+    if not (len(images) == len(explanations) == len(titles)) or not images:
+        raise ValueError("need as many images, explanations and titles, and at least one")
+    ncols = min(ncols, len(images))
+    rows = -(-len(images) // ncols)
+    fig, axes = _figure(rows, ncols, suptitle)
+    for i, ax in enumerate(axes.flat):
+        if i < len(images):
+            plot_explanation(explanations[i], ax, image=images[i] if overlay else None, title=titles[i])
+        else:
+            ax.set_axis_off()
+    return fig
+
+
+def localisation_figure(scores: Mapping[str, ArrayLike], grid: int, *, title: str | None = None) -> Figure:
+    """Box plots of grid-pointing-game scores per method, with the ``1/g²`` chance level."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.0, 1.3 * len(scores) + 1.5), 3.5), dpi=DPI)
+    ax = fig.add_subplot()
+    names = list(scores)
+    ax.boxplot([_np(scores[n]).ravel() for n in names], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.axhline(1 / grid**2, color="grey", linestyle="--", linewidth=1, label=f"uniform (1/{grid * grid})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("share of positive attribution in the correct cell")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or f"grid pointing game, {grid}x{grid}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write ``fig`` with the Agg renderer (no display needed) at its own size; returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=fig.dpi, **kwargs)
+    return path
