@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import json
 import logging
 import math
@@ -23,7 +22,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +47,6 @@ ASSETS = Path(__file__).parent / "assets"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_ENV = "BCOS_ZOO_DEMO_MODEL"
 DEMO_MODEL = "bcos_resnet20_cifar.fmnist"
-# How to build a registered-to-be weight's architecture while its file is not available: the demo
-# then runs on random weights (and says so), instead of failing.
-_DEMO_FALLBACKS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    "bcos_resnet20_cifar.fmnist": ({"in_chans": 2, "norm_layer": "bnu-linear"}, FASHION_MNIST_CLASSES),
-}
 _DELEGATED = ("train", "finetune", "convert")
 
 
@@ -586,21 +580,11 @@ def cmd_localisation(args: argparse.Namespace) -> int:
 
 
 def _demo_model(args: argparse.Namespace) -> LoadedModel:
-    """``--model``/``--weights`` if given, else the default demo model; a random-init stand-in while its
-    weights are not registered or not available offline."""
+    """``--model``/``--weights`` if given, else the default demo model (shipped, so offline)."""
     if args.weights or args.model:
         return load_model(args)
     name = os.environ.get(DEMO_MODEL_ENV) or DEMO_MODEL
-    try:
-        return load_model(argparse.Namespace(**{**vars(args), "model": name}))
-    except (ValueError, _weights.DownloadError) as e:
-        if name not in _DEMO_FALLBACKS or isinstance(e, UsageError):
-            raise
-        kwargs, classes = _DEMO_FALLBACKS[name]
-        reason = str(e).splitlines()[0] if isinstance(e, _weights.DownloadError) else "not registered"
-        log.warning("%s is not available (%s): using RANDOM weights, so the explanations mean nothing", name, reason)
-        model = bcos_zoo.create_model(name.partition(".")[0], **kwargs).to(args.device).eval()
-        return LoadedModel(model, f"{name} stand-in", classes, random_init=True)
+    return load_model(argparse.Namespace(**{**vars(args), "model": name}))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -619,20 +603,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert_main() -> Callable[[list[str]], int | None]:
-    script = REPO_ROOT / "scripts" / "convert_checkpoint.py"
-    if not script.is_file():
-        raise FileNotFoundError(f"'convert' runs {script}, which is only in a source checkout of bcos-zoo")
-    spec = importlib.util.spec_from_file_location("bcos_zoo_convert_checkpoint", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.main
-
-
 def _run_delegated(command: str, argv: list[str]) -> int:
-    """``train``/``finetune`` run :func:`bcos_zoo.training.main`; ``convert`` runs scripts/convert_checkpoint.py."""
+    """``train``/``finetune`` run :func:`bcos_zoo.training.main`; ``convert`` runs :func:`bcos_zoo.convert.main`."""
     if command == "convert":
-        return int(_convert_main()(argv) or 0)
+        from .convert import main as convert_main
+
+        return int(convert_main(argv) or 0)
     from . import training
 
     if command == "finetune":
@@ -752,7 +728,7 @@ def _add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     for name, text in [("train", "Train a model (options: 'bcos-zoo train --help')."),
                        ("finetune", "Fine-tune: train from --from WEIGHTS (options: 'bcos-zoo finetune --help')."),
-                       ("convert", "Convert an official checkpoint (scripts/convert_checkpoint.py).")]:  # fmt: skip
+                       ("convert", "Convert an official checkpoint to safetensors plus its model card.")]:  # fmt: skip
         sub.add_parser(name, help=text, add_help=False)
 
 

@@ -39,6 +39,8 @@ class Explanation(Mapping):
         contribution_map: ``[B, H, W]`` ``Σ_c x·W(x)``: how much each pixel adds to the logit.
         bias_contribution: ``[B]`` input-independent part of each target logit (logit bias,
             positional embeddings); ``contribution_map.sum((-2, -1)) + bias_contribution == logit``.
+            Exact for bias-free networks (every released B-cos model); norms built with an affine
+            bias or a centered running mean (ablation variants) add constants not separated here.
         explanation: ``[B, H, W, 4]`` RGBA image in [0, 1] (:func:`gradient_to_image`).
 
     Mapping access with the official B-cos key names works too (``out["explanation"]``,
@@ -328,7 +330,8 @@ def gradient_to_image(
 
     ``image`` and ``linear_mapping`` are ``[B, 2k, H, W]`` (image and inverse channels, k = 3 or
     1) or a single ``[2k, H, W]``. Colour: per pixel, the weight vector is scaled to max-abs 1,
-    clamped at 0, and each channel pair (c, 1-c) normalised to sum 1. Opacity: the weight norm,
+    clamped at 0, and each channel pair (c, 1-c) normalised to sum 1 (inputs without inverse
+    channels, e.g. 3-channel RGB, keep the clamped scaled weights as colour). Opacity: the weight norm,
     zero where the contribution is negative, box-smoothed with kernel ``smooth``, divided by its
     ``alpha_percentile`` percentile and clipped to [0, 1]. Returns ``[B, H, W, 4]`` (or ``[H, W, 4]``).
     """
@@ -339,9 +342,9 @@ def gradient_to_image(
     half = w.shape[1] // 2
     contribs = (image.detach() * w).sum(1, keepdim=True)  # [B, 1, H, W]
     rgb = (w / (w.abs().amax(1, keepdim=True) + 1e-12)).clamp(min=0)
-    rgb = rgb[:, :half] / (rgb[:, :half] + rgb[:, half:] + 1e-12)  # [B, k, H, W]
-    if half == 1:
-        rgb = rgb.expand(-1, 3, -1, -1)
+    if w.shape[1] in (2, 6):  # image + inverse channels
+        rgb = rgb[:, :half] / (rgb[:, :half] + rgb[:, half:] + 1e-12)  # [B, k, H, W]
+    rgb = rgb[:, :3] if rgb.shape[1] >= 3 else rgb[:, :1].expand(-1, 3, -1, -1)
     alpha = torch.linalg.vector_norm(w, dim=1, keepdim=True)
     alpha = torch.where(contribs < 0, torch.full_like(alpha, 1e-12), alpha)
     if smooth:

@@ -172,6 +172,8 @@ def _init_distributed() -> tuple[Dist, torch.device]:
 class _Data:
     """Training/test batches for Fashion-MNIST (in memory) or an ImageFolder tree (train/, val/)."""
 
+    in_chans = 6  # of the model; decides grayscale or RGB for ImageFolder images (set by the Trainer)
+
     def __init__(self, cfg: TrainConfig, d: Dist) -> None:
         spec = open_dataset(cfg.data)
         self.cfg, self.d = cfg, d
@@ -195,7 +197,7 @@ class _Data:
     def _folder_loader(self, train: bool, sampler: Any = None) -> torch.utils.data.DataLoader:
         cfg = self.cfg
         root = self.folder[0] if train else self.folder[1]
-        in_chans = int(cfg.model_kwargs.get("in_chans", 6))
+        in_chans = self.in_chans
         return image_folder_loader(root, train=train, image_size=cfg.image_size, resize_size=int(cfg.image_size * 256 / 224),
                                    batch_size=cfg.batch_size // self.d.world, sampler=sampler,
                                    color_chans=in_chans // 2 if in_chans in (2, 6) else in_chans)  # fmt: skip
@@ -260,6 +262,14 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return model
 
 
+def _identity(model: nn.Module, cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
+    """Architecture name and the keyword arguments that rebuild ``model`` (those of the weights it
+    was fine-tuned from included), as recorded in the checkpoint header and summary."""
+    spec = getattr(model, "pretrained_cfg", None)
+    kwargs = {**(dict(spec.model_kwargs) if spec is not None else {}), **cfg.model_kwargs}
+    return getattr(model, "arch", cfg.model), {**kwargs, "num_classes": model.num_classes}
+
+
 # ------------------------------------------------------------------------------------------- loop
 
 
@@ -272,6 +282,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.data = _Data(cfg, self.d)
         self.model = _build_model(cfg, len(self.data.classes)).to(self.device)
+        self.arch, self.model_kwargs = _identity(self.model, cfg)
+        self.data.in_chans = self.model.in_chans
         self.net: nn.Module = self.model
         if self.d.world > 1:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -300,7 +312,7 @@ class Trainer:
         if self.ema is not None:
             opt_tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
             opt_tensors["ema.n_averaged"] = self.ema.n_averaged
-        _save_tensors(self.out / "last.safetensors", self.model.state_dict(), {"format": "pt", "arch": self.cfg.model})
+        _save_tensors(self.out / "last.safetensors", self.model.state_dict(), {"format": "pt", "arch": self.arch})
         _save_tensors(self.out / "last.optim.safetensors", opt_tensors)
         state = {"epoch": self.epoch, "scheduler": self.sched.state_dict(), "optimizer": opt_rest,
                  "history": self.history, "config": dataclasses.asdict(self.cfg), "wall_time": self.wall_time}  # fmt: skip
@@ -385,7 +397,7 @@ class Trainer:
 
     def _save_final(self) -> None:
         model = self.eval_model()
-        metadata = {"format": "pt", "arch": self.cfg.model, "model_kwargs": json.dumps(self.cfg.model_kwargs),
+        metadata = {"format": "pt", "arch": self.arch, "model_kwargs": json.dumps(self.model_kwargs),
                     "classes": json.dumps(list(self.data.classes))}  # fmt: skip
         _save_tensors(self.out / "model.safetensors", model.state_dict(), metadata)
         _save_json(self.out / "summary.json", self.summary())
@@ -394,7 +406,7 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         last = self.history[-1]
         return {
-            "arch": self.cfg.model, "model_kwargs": self.cfg.model_kwargs, "data": self.cfg.data,
+            "arch": self.arch, "model_kwargs": self.model_kwargs, "data": self.cfg.data,
             "classes": list(self.data.classes), "test_top1": last["test_top1"], "test_top5": last["test_top5"],
             "test_samples": last["test_n"], "epochs": self.cfg.epochs, "seed": self.cfg.seed,
             "wall_time_s": round(self.wall_time, 1), "world_size": self.d.world,

@@ -16,6 +16,7 @@ from typing import Any
 from .data import FASHION_MNIST_CLASSES
 from .transforms import TransformConfig
 from .weights import PACKAGE_WEIGHTS_DIR, PackageFile, WeightSpec, register_weights
+from .weights_official import BCOS_V2_CITATION, BCOS_V2_PAPER
 
 __all__ = ["FMNIST_TRANSFORM", "shipped_weights"]
 
@@ -53,6 +54,7 @@ def _spec(record: dict[str, Any]) -> WeightSpec:
         num_classes=len(FASHION_MNIST_CLASSES), transform=FMNIST_TRANSFORM, classes=FASHION_MNIST_CLASSES,
         dataset="fashion_mnist", metrics={"fashion_mnist": {k: record["metrics"][k] for k in ("top1", "top5")}},
         num_params=record["num_params"], model_kwargs=record["model_kwargs"], license="apache-2.0",
+        paper=BCOS_V2_PAPER, citation=BCOS_V2_CITATION,
         recipe=_recipe(record["training"]), notes=_notes(record),
     )  # fmt: skip
 

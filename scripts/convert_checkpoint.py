@@ -1,87 +1,12 @@
 #!/usr/bin/env python
-"""Convert an official B-cos ``.pth`` checkpoint to ``<arch>.<tag>.safetensors`` plus its model card.
+"""Convert an official B-cos ``.pth`` checkpoint to safetensors plus its model card (same as ``bcos-zoo convert``).
 
     python scripts/convert_checkpoint.py resnet_50_long-ef38a88533.pth --weights resnet50_long --out-dir converted/
-
-The file is read with ``torch.load(weights_only=True)``, its SHA-256 is checked against the record
-(official names carry a prefix), its keys are mapped by the architecture's ``convert_state_dict``
-hook, and a key/shape report is printed before the strict load. The output header holds the weight
-name, the architecture, the tag, the source file and its SHA-256. Upload the results with
-``scripts/publish_weights.py``.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-import bcos_zoo
-from bcos_zoo import weights
-from bcos_zoo._cards import render_card
-from bcos_zoo._checkpoint import CheckpointError, load_state_dict_strict
-from bcos_zoo._download import check_sha256, sha256_file
-
-log = logging.getLogger("convert_checkpoint")
-
-
-def key_report(state: dict, model) -> tuple[list[str], bool]:
-    """Lines comparing checkpoint and model keys/shapes, and whether they match exactly."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
-              if state[k].shape != own[k].shape]  # fmt: skip
-    values = sum(t.numel() for t in state.values())
-    lines = [f"checkpoint: {len(state)} tensors ({values:,} values); model: {len(own)} tensors"]
-    for label, items in (("missing in checkpoint", missing), ("unexpected in checkpoint", unexpected),
-                         ("shape mismatches (checkpoint vs model)", shapes)):  # fmt: skip
-        lines += [f"{label}: {len(items)}"] + [f"  {item}" for item in items[:20]]
-    return lines, not (missing or unexpected or shapes)
-
-
-def convert(src: Path, name: str, out_dir: Path) -> tuple[Path, str]:
-    """Convert ``src`` for the registered weights ``name``; returns the output file and its SHA-256."""
-    spec = bcos_zoo.get_weights(name)
-    source_sha = sha256_file(src)
-    matching = [s for s in spec.sources if isinstance(s, weights.UrlFile) and s.filename == src.name]
-    for source in matching:
-        check_sha256(source_sha, source.sha256 or source.sha256_prefix, str(src))
-    if not matching:
-        log.warning("%s is not one of the registered files of %s; its SHA-256 is not checked", src.name, spec.name)
-    model = bcos_zoo.create_model(spec.arch, **weights.merge_model_kwargs(spec, {}))
-    state = weights.converted_state_dict(src, model)
-    lines, ok = key_report(state, model)
-    log.info("\n".join(lines))
-    if not ok:
-        raise CheckpointError(f"{src} does not fit {spec.arch}; see the report above")
-    load_state_dict_strict(model, state, source=str(src))
-    n_params = sum(p.numel() for p in model.parameters())
-    if spec.num_params is not None and n_params != spec.num_params:
-        raise CheckpointError(f"{spec.arch} has {n_params:,} parameters, the record says {spec.num_params:,}")
-    url = matching[0].url if matching else src.name
-    meta = {"weight": spec.name, "arch": spec.arch, "tag": spec.tag, "source": url, "source_sha256": source_sha,
-            "bcos_zoo_version": bcos_zoo.__version__}  # fmt: skip
-    dst = out_dir / f"{spec.name}.safetensors"
-    digest = weights.save_weights(state, dst, meta)
-    (out_dir / f"{spec.name}.md").write_text(render_card(spec))
-    log.info("wrote %s (SHA-256 %s) and its card", dst, digest)
-    return dst, digest
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", type=Path, help="official .pth (or any checkpoint) file")
-    parser.add_argument("--weights", required=True, help="registered weight name, e.g. bcos_resnet50.in1k or resnet50")
-    parser.add_argument(
-        "--out-dir", type=Path, default=Path("converted"), help="output directory (default: converted/)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    convert(args.src, args.weights, args.out_dir)
-    return 0
-
+from bcos_zoo.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-grids", type=int, default=250)
     args = p.parse_args(argv)
     summary = json.loads((args.run / "summary.json").read_text())
-    arch, kwargs = summary["arch"], summary["model_kwargs"]
+    arch = summary["arch"]
+    kwargs = {k: v for k, v in summary["model_kwargs"].items() if k != "num_classes"}  # the record has num_classes
     model = bcos_zoo.create_model(arch, num_classes=len(FASHION_MNIST_CLASSES), **kwargs).eval()
     state = load_file(str(args.run / "model.safetensors"))
     load_state_dict_strict(model, state, source=str(args.run / "model.safetensors"))

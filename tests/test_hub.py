@@ -16,7 +16,7 @@ from bcos_zoo import TransformConfig, WeightSpec, weights
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-ARCH, KWARGS = "bcos_resnet20_cifar", {"num_classes": 5, "norm_layer": "bnu-linear"}
+ARCH, KWARGS = "bcos_resnet32_cifar", {"num_classes": 5, "norm_layer": "bnu-linear"}
 
 
 def load_hubconf():
@@ -54,7 +54,7 @@ def test_hub_docstrings_come_from_the_registry():
     assert doc.index("bcos_resnet50.long_in1k: imagenet-1k top-1 79.468, top-5 94.452") < doc.index(
         "bcos_resnet50.in1k"
     )
-    assert "25.54M params" in doc and "No pretrained weights" in hubconf.bcos_resnet20_cifar.__doc__
+    assert "25.54M params" in doc and "No pretrained weights" in hubconf.bcos_resnet32_cifar.__doc__
 
 
 def test_torch_hub_load_local_with_a_file(tiny_pth, tmp_path):

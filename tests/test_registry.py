@@ -83,7 +83,7 @@ def test_list_models_pretrained_and_list_weights():
     with_weights = bcos_zoo.list_models(pretrained=True)
     assert with_weights == sorted(a for a in bcos_zoo.list_models() if bcos_zoo.list_weights(a))
     assert bcos_zoo.list_models("bcos_resnet*", pretrained=True) == [
-        "bcos_resnet101", "bcos_resnet152", "bcos_resnet18", "bcos_resnet34", "bcos_resnet50"]  # fmt: skip
+        "bcos_resnet101", "bcos_resnet152", "bcos_resnet18", "bcos_resnet20_cifar", "bcos_resnet34", "bcos_resnet50"]  # fmt: skip
     assert bcos_zoo.list_weights("bcos_resnet50") == ["bcos_resnet50.in1k", "bcos_resnet50.long_in1k"]
     assert bcos_zoo.list_weights("*.long_in1k") == sorted(n for n in OFFICIAL_ENTRY_POINTS.values() if "long" in n)
 

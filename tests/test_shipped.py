@@ -20,7 +20,7 @@ from bcos_zoo.weights_fmnist import shipped_weights
 REQUIRED_TOP1 = {"bcos_resnet20_cifar.fmnist": 93.0, "bcos_simple9_cifar.fmnist": 90.0}
 # mean share of positive contribution in the correct cell of 2x2 grids; uniform = 0.25. Set from the
 # measured values recorded in the weights' JSON (see the model cards), with a margin for the smaller sample here.
-REQUIRED_LOCALISATION = {"bcos_resnet20_cifar.fmnist": 0.6, "bcos_simple9_cifar.fmnist": 0.6}
+REQUIRED_LOCALISATION = {"bcos_resnet20_cifar.fmnist": 0.85, "bcos_simple9_cifar.fmnist": 0.85}
 
 SPECS = {spec.name: spec for spec in shipped_weights()}
 
@@ -50,13 +50,14 @@ def test_loads_offline_verified_and_accurate(name: str, offline: Path, test_set:
     (source,) = spec.sources
     assert W.sha256_file(source.path) == source.sha256 == spec.sha256
     model = bcos_zoo.create_model(name, pretrained=True).eval()
-    assert model.pretrained_cfg is spec and model.in_chans == 2
+    assert model.pretrained_cfg == spec and model.in_chans == 2
     assert not offline.exists() or not any(offline.rglob("*.safetensors")), "shipped weights are not copied to the cache"
     images, labels = test_set
-    batches = ((images[i : i + 1000].float() / 255, labels[i : i + 1000]) for i in range(0, len(labels), 1000))
+    batches = ((images[i : i + 500].float() / 255, labels[i : i + 500]) for i in range(0, len(labels), 500))
     metrics = evaluate(model, batches)
     assert metrics["n"] == 10_000
-    assert metrics["top1"] == pytest.approx(spec.metrics["fashion_mnist"]["top1"], abs=0.011)
+    # as recorded by scripts/ship_weights.py (another thread count may flip a near-tie or two)
+    assert metrics["top1"] == pytest.approx(spec.metrics["fashion_mnist"]["top1"], abs=0.021)
     assert metrics["top1"] >= REQUIRED_TOP1[name]
 
 

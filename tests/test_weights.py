@@ -1,6 +1,6 @@
 """Pretrained weights end to end, offline: sources served by a loopback server, the cache, integrity.
 
-Small real models only: ``bcos_resnet20_cifar`` (5 classes, weights registered by the tests) and
+Small real models only: ``bcos_resnet32_cifar`` (5 classes, weights registered by the tests) and
 one official-format ``resnet_18-<sha10>.pth`` made from the official ``bcos`` package's model.
 """
 
@@ -22,7 +22,7 @@ from bcos_zoo._download import DownloadError, HashMismatchError, OfflineError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ARCH = "bcos_resnet20_cifar"
+ARCH = "bcos_resnet32_cifar"
 TINY_KWARGS = {"norm_layer": "bnu-linear"}
 TINY_TRANSFORM = TransformConfig(resize_size=None, crop_size=None)
 
