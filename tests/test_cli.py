@@ -260,7 +260,7 @@ def test_convert_delegates(capsys):
         ("bad-kwargs", ["--model-kwargs", "key=value"]),
     ],
 )
-def test_bad_input_gives_one_line_error(capsys, fmnist, images, case, needles):
+def test_bad_input_gives_one_line_error(capsys, env, work, fmnist, images, case, needles):
     weights = ["--weights", fmnist[0]]
     argv = {
         "missing": ["predict", images["boot"], images["missing"], *weights],
@@ -273,7 +273,11 @@ def test_bad_input_gives_one_line_error(capsys, fmnist, images, case, needles):
         "no-model": ["predict", images["boot"]],
         "bad-kwargs": ["predict", images["boot"], *weights, "--model-kwargs", "in_chans"],
     }[case]
-    code, out, err = call(capsys, *argv)
+    if case in ("missing", "text", "truncated", "unknown-class"):  # the cases, through the console script
+        r = run(env, work, *argv, script=True)
+        code, out, err = r.returncode, r.stdout, r.stderr
+    else:
+        code, out, err = call(capsys, *argv)
     assert out == ""
     assert_one_line_error(code, err, *needles)
 
@@ -316,12 +320,11 @@ def test_list_and_info(capsys):
     row = next(line for line in out.splitlines() if line.startswith("bcos_resnet44_cifar "))
     assert code == 0 and row.split()[-1] == "1.32M"  # parameters counted on the meta device, without weights
     weights = bcos_zoo.list_weights()
-    if weights:
-        code, out, _ = call(capsys, "list", "--pretrained")
-        assert code == 0 and out.splitlines()[0].split() == ["weight", "dataset", "top-1", "top-5", "params", "cached"]
-        assert {line.split()[0] for line in out.splitlines()[2:]} == set(weights)
-        code, out, _ = call(capsys, "info", weights[0])
-        assert code == 0 and weights[0] in out and "cached:" in out
+    code, out, _ = call(capsys, "list", "--pretrained")
+    assert code == 0 and out.splitlines()[0].split() == ["weight", "dataset", "top-1", "top-5", "params", "cached"]
+    assert {line.split()[0] for line in out.splitlines()[2:]} == set(weights)
+    code, out, _ = call(capsys, "info", weights[0])
+    assert code == 0 and weights[0] in out and "cached:" in out
     code, out, _ = call(capsys, "info", "bcos_resnet44_cifar")
     assert code == 0 and "- parameters: 1.32M" in out and "none registered" in out
     code, _, err = call(capsys, "info", "bcos_resnet18.nope")
@@ -335,8 +338,16 @@ def test_download_errors(capsys, monkeypatch, tmp_path):
     assert code == 2 and "--all" in err
     code, _, err = call(capsys, "download", "bcos_resnet18.nope")
     assert_one_line_error(code, err, "unknown weights")
-    if "bcos_resnet18.in1k" in bcos_zoo.list_weights():
-        monkeypatch.setenv("BCOS_ZOO_OFFLINE", "1")
-        monkeypatch.setenv("BCOS_ZOO_CACHE", str(tmp_path))
-        code, _, err = call(capsys, "download", "bcos_resnet18.in1k")
-        assert_one_line_error(code, err, "bcos_resnet18.in1k")
+    monkeypatch.setenv("BCOS_ZOO_OFFLINE", "1")
+    monkeypatch.setenv("BCOS_ZOO_CACHE", str(tmp_path))
+    code, _, err = call(capsys, "download", "bcos_resnet18.in1k")
+    assert_one_line_error(code, err, "bcos_resnet18.in1k")
+
+
+def test_list_info_download_as_subprocesses(env, work):
+    r = run(env, work, "list", "cifar", "--pretrained", script=True)
+    assert r.returncode == 0 and "bcos_resnet20_cifar.fmnist" in r.stdout and "shipped" in r.stdout
+    r = run(env, work, "info", "bcos_simple9_cifar.fmnist", script=True)
+    assert r.returncode == 0 and "90.19" in r.stdout
+    r = run(env, work, "download", "bcos_resnet50.in1k", script=True)  # offline, not cached
+    assert_one_line_error(r.returncode, r.stderr, "bcos_resnet50.in1k")
