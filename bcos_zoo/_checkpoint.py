@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "read_state_dict", "load_state_dict_strict", "unwrap_state_dict"]
+__all__ = ["CheckpointError", "read_state_dict", "load_state_dict_strict", "state_dict_differences", "unwrap_state_dict"]
 
 
 class CheckpointError(RuntimeError):
@@ -58,9 +58,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return unwrap_state_dict(obj)
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """``model.load_state_dict(state_dict, strict=True)`` with an error that lists what differs."""
-    own = model.state_dict()
+def state_dict_differences(
+    own: dict[str, Tensor], state_dict: dict[str, Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys missing from ``state_dict``, keys it has in excess, and shape mismatches (sorted)."""
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = sorted(
@@ -68,6 +69,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], sour
         for k in set(own) & set(state_dict)
         if state_dict[k].shape != own[k].shape
     )
+    return missing, unexpected, shapes
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """``model.load_state_dict(state_dict, strict=True)`` with an error that lists what differs."""
+    missing, unexpected, shapes = state_dict_differences(model.state_dict(), state_dict)
     if missing or unexpected or shapes:
         parts = [f"{source} does not fit {type(model).__name__}:"]
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):

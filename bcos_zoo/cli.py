@@ -94,7 +94,7 @@ class LoadedModel:
 
 
 def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
-    from .training import _parse_kv as parse
+    from .training import parse_key_values as parse
 
     try:
         return parse(list(items))

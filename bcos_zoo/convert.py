@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import weights
 from ._cards import render_card
-from ._checkpoint import CheckpointError, load_state_dict_strict
+from ._checkpoint import CheckpointError, load_state_dict_strict, state_dict_differences
 from ._download import check_sha256, sha256_file
 
 log = logging.getLogger("bcos_zoo.convert")
@@ -28,13 +28,11 @@ __all__ = ["convert", "key_report", "main"]
 def key_report(state: dict, model) -> tuple[list[str], bool]:
     """Lines comparing checkpoint and model keys/shapes, and whether they match exactly."""
     own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
-              if state[k].shape != own[k].shape]  # fmt: skip
+    missing, unexpected, shapes = state_dict_differences(own, state)
     values = sum(t.numel() for t in state.values())
     lines = [f"checkpoint: {len(state)} tensors ({values:,} values); model: {len(own)} tensors"]
     for label, items in (("missing in checkpoint", missing), ("unexpected in checkpoint", unexpected),
-                         ("shape mismatches (checkpoint vs model)", shapes)):  # fmt: skip
+                         ("shape mismatches", shapes)):  # fmt: skip
         lines += [f"{label}: {len(items)}"] + [f"  {item}" for item in items[:20]]
     return lines, not (missing or unexpected or shapes)
 

@@ -32,18 +32,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from ._checkpoint import read_state_dict
+from ._download import atomic_write
 from .data import (
     FASHION_MNIST_CLASSES, InMemoryImages, augment_batch, image_folder_loader, load_fashion_mnist, open_dataset,
     to_model_input,
 )  # fmt: skip
 from .evaluation import evaluate
+from .weights import save_weights
 
-__all__ = ["TrainConfig", "train", "bce_loss", "main", "build_parser"]
+__all__ = ["TrainConfig", "train", "bce_loss", "main", "build_parser", "parse_key_values"]
 
 log = logging.getLogger("bcos_zoo.training")
 
@@ -93,19 +95,9 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 # ---------------------------------------------------------------------------------------------- io
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
 def _save_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True)))
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -312,8 +304,8 @@ class Trainer:
         if self.ema is not None:
             opt_tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
             opt_tensors["ema.n_averaged"] = self.ema.n_averaged
-        _save_tensors(self.out / "last.safetensors", self.model.state_dict(), {"format": "pt", "arch": self.arch})
-        _save_tensors(self.out / "last.optim.safetensors", opt_tensors)
+        save_weights(self.model.state_dict(), self.out / "last.safetensors", {"arch": self.arch})
+        save_weights(opt_tensors, self.out / "last.optim.safetensors")
         state = {"epoch": self.epoch, "scheduler": self.sched.state_dict(), "optimizer": opt_rest,
                  "history": self.history, "config": dataclasses.asdict(self.cfg), "wall_time": self.wall_time}  # fmt: skip
         state["scheduler"].pop("lr_lambdas", None)
@@ -397,9 +389,9 @@ class Trainer:
 
     def _save_final(self) -> None:
         model = self.eval_model()
-        metadata = {"format": "pt", "arch": self.arch, "model_kwargs": json.dumps(self.model_kwargs),
+        metadata = {"arch": self.arch, "model_kwargs": json.dumps(self.model_kwargs),
                     "classes": json.dumps(list(self.data.classes))}  # fmt: skip
-        _save_tensors(self.out / "model.safetensors", model.state_dict(), metadata)
+        save_weights(model.state_dict(), self.out / "model.safetensors", metadata)
         _save_json(self.out / "summary.json", self.summary())
         (self.out / "README.md").write_text(self.card())
 
@@ -439,7 +431,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- cli
 
 
-def _parse_kv(items: list[str]) -> dict[str, Any]:
+def parse_key_values(items: list[str]) -> dict[str, Any]:
     """``key=value`` pairs with JSON values where they parse (``in_chans=2``, ``norm_layer=bnu-linear``)."""
     out: dict[str, Any] = {}
     for item in items:
@@ -484,7 +476,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    values["model_kwargs"] = _parse_kv(args.model_kwargs)
+    values["model_kwargs"] = parse_key_values(args.model_kwargs)
     return TrainConfig(**values)
 
 

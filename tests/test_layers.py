@@ -153,6 +153,7 @@ def test_bcos_conv2d_inference_path_and_linearity() -> None:
         fast = layer(x)
     with explanation_mode(layer):
         out = layer(x)
+    assert not fast.requires_grad and out.requires_grad
     _close(fast, out.detach(), "no_grad output")
     (grad,) = torch.autograd.grad(out[0, 1, 2, 3], x)
     _close((grad * x).sum(), out[0, 1, 2, 3].detach(), "W(x)·x")

@@ -26,7 +26,7 @@ SPECS = {spec.name: spec for spec in shipped_weights()}
 
 
 @pytest.fixture(scope="module")
-def test_set() -> tuple[torch.Tensor, torch.Tensor]:
+def fmnist_test() -> tuple[torch.Tensor, torch.Tensor]:
     return load_fashion_mnist(split="test")
 
 
@@ -45,14 +45,14 @@ def test_both_models_are_shipped() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED_TOP1))
-def test_loads_offline_verified_and_accurate(name: str, offline: Path, test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_loads_offline_verified_and_accurate(name: str, offline: Path, fmnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
     spec = SPECS[name]
     (source,) = spec.sources
     assert W.sha256_file(source.path) == source.sha256 == spec.sha256
     model = bcos_zoo.create_model(name, pretrained=True).eval()
     assert model.pretrained_cfg == spec and model.in_chans == 2
     assert not offline.exists() or not any(offline.rglob("*.safetensors")), "shipped weights are not copied to the cache"
-    images, labels = test_set
+    images, labels = fmnist_test
     batches = ((images[i : i + 500].float() / 255, labels[i : i + 500]) for i in range(0, len(labels), 500))
     metrics = evaluate(model, batches)
     assert metrics["n"] == 10_000
@@ -62,9 +62,9 @@ def test_loads_offline_verified_and_accurate(name: str, offline: Path, test_set:
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED_TOP1))
-def test_explanations_localise(name: str, test_set: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_explanations_localise(name: str, fmnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
     model = bcos_zoo.create_model(name, pretrained=True).eval()
-    images, labels = test_set
+    images, labels = fmnist_test
     result = grid_pointing_game(model, images[:3000], labels[:3000], grid=2, n_grids=40, methods=("bcos", "ixg"))
     scores = summarize(result.scores)
     assert len(result.grids) == 40

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..explain import Explanation, Target, check_input, explain
 from ..layers import LogitLayer, default_logit_bias, explanation_mode
+from ..layers.bcos import kaiming_init_
 
 __all__ = ["BcosModelMixin"]
 
@@ -59,7 +60,11 @@ class BcosModelMixin:
         self.logit_layer.logit_bias = default_logit_bias(num_classes)
 
     def _new_classifier(self, num_classes: int) -> nn.Module:
-        raise NotImplementedError
+        """A freshly initialised 1×1 B-cos conv from ``num_features`` channels (built with the
+        family's conv factory ``_conv``) to ``num_classes``; ViTs override it."""
+        classifier = self._conv(self.num_features, num_classes, kernel_size=1)  # type: ignore[attr-defined]
+        kaiming_init_(classifier)
+        return classifier
 
     def get_feature_extractor(self) -> nn.Module:
         raise NotImplementedError

@@ -37,11 +37,6 @@ class BcosFeaturesClassifier(BcosModelMixin, nn.Module):
         self.logit_layer = LogitLayer(logit_temperature, bias)
         kaiming_init_(self)
 
-    def _new_classifier(self, num_classes: int) -> nn.Module:
-        classifier = self._conv(self.num_features, num_classes, kernel_size=1)
-        kaiming_init_(classifier)
-        return classifier
-
     def forward_features(self, x: Tensor) -> Tensor:
         """The ``features`` module: ``[N, in_chans, H, W] -> [N, C, H/32, W/32]``."""
         return self.features(x)

@@ -163,11 +163,6 @@ class BcosResNet(BcosModelMixin, nn.Module):
             self.inplanes = out_ch
         return nn.Sequential(*stage)
 
-    def _new_classifier(self, num_classes: int) -> nn.Module:
-        fc = self._conv(self.inplanes, num_classes, kernel_size=1)
-        kaiming_init_(fc)
-        return fc
-
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and stages: ``[N, in_chans, H, W] -> [N, num_features, H/32, W/32]``."""
         x = self.pool(self.bn1(self.conv1(x)))

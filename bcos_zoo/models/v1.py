@@ -320,11 +320,6 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
         self.logit_layer = LogitLayer(logit_temperature, logit_bias)
         kaiming_init_(self)
 
-    def _new_classifier(self, num_classes: int) -> nn.Module:
-        fc = self._conv(self.num_features, num_classes, kernel_size=1)
-        kaiming_init_(fc)
-        return fc
-
     def _run(self, names: tuple[str, ...], x: Tensor) -> Tensor:
         for name in names:
             x = self.get_submodule(name)(x)
