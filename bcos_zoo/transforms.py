@@ -14,13 +14,30 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
-__all__ = ["AddInverse", "TransformConfig", "EvalTransform", "create_transform", "load_image", "ImageInput"]
+__all__ = [
+    "AddInverse", "TransformConfig", "EvalTransform", "create_transform", "load_image", "ImageInput", "has_inverse",
+    "color_channels", "add_inverse",
+]  # fmt: skip
 
 ImageInput = Union[Image.Image, Tensor, np.ndarray, str, os.PathLike]
+
+
+def has_inverse(in_chans: int) -> bool:
+    """The one rule for B-cos inputs: 2 (gray) or 6 (RGB) channels are an image followed by its inverse."""
+    return in_chans in (2, 6)
+
+
+def color_channels(in_chans: int) -> int:
+    """Channels of the image itself for a model taking ``in_chans`` (1 or 3; half of 2 or 6)."""
+    return in_chans // 2 if has_inverse(in_chans) else in_chans
+
+
+def add_inverse(x: Tensor, dim: int = -3) -> Tensor:
+    """``[x, 1 - x]`` along ``dim`` (the channels of ``[C, H, W]`` or ``[N, C, H, W]``): the B-cos input encoding."""
+    return torch.cat([x, 1 - x], dim=dim)
 
 
 class AddInverse(nn.Module):
@@ -31,7 +48,7 @@ class AddInverse(nn.Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([x, 1 - x], dim=self.dim)
+        return add_inverse(x, self.dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
@@ -64,12 +81,12 @@ class TransformConfig:
 
     @property
     def add_inverse(self) -> bool:
-        return self.in_chans in (2, 6)
+        return has_inverse(self.in_chans)
 
     @property
     def color_chans(self) -> int:
         """Channels of the image itself (before AddInverse)."""
-        return self.in_chans // 2 if self.add_inverse else self.in_chans
+        return color_channels(self.in_chans)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +106,14 @@ class TransformConfig:
         return "; ".join(steps)
 
 
+def _tf() -> Any:
+    """torchvision's functional transforms, imported on first use (``import torchvision`` also loads
+    ``torchvision.models``, which ``import bcos_zoo`` does not need)."""
+    import torchvision.transforms.functional as TF
+
+    return TF
+
+
 def _pil_to_float(img: Image.Image, color_chans: int) -> Tensor:
     """Any PIL mode -> float tensor ``[color_chans, H, W]`` in [0, 1].
 
@@ -105,6 +130,7 @@ def _pil_to_float(img: Image.Image, color_chans: int) -> Tensor:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     img = img.convert("RGB" if color_chans == 3 else "L")
+    TF = _tf()
     return TF.convert_image_dtype(TF.pil_to_tensor(img), torch.float32)
 
 
@@ -125,6 +151,7 @@ def _tensor_to_float(x: Tensor | np.ndarray, color_chans: int) -> Tensor:
             f"expected an image with 1, 3 or 4 channels, got {x.shape[0]}; if this tensor is already "
             "preprocessed (e.g. 6 channels with AddInverse), pass it to the model directly"
         )
+    TF = _tf()
     x = TF.convert_image_dtype(x, torch.float32) if not x.is_floating_point() else x.float()
     if x.shape[0] == 1 and color_chans == 3:
         x = x.expand(3, -1, -1)
@@ -156,7 +183,6 @@ class EvalTransform:
 
     def __init__(self, config: TransformConfig) -> None:
         self.config = config
-        self._interp = TF.InterpolationMode(config.interpolation)
 
     def __call__(self, img: ImageInput) -> Tensor:
         cfg = self.config
@@ -170,13 +196,14 @@ class EvalTransform:
         else:
             raise TypeError(f"expected a PIL image, a path or an image tensor, got {type(img).__name__}")
         if cfg.mean is not None:
-            x = TF.normalize(x, list(cfg.mean), list(cfg.std))
-        return torch.cat([x, 1 - x], dim=0) if cfg.add_inverse else x
+            x = _tf().normalize(x, list(cfg.mean), list(cfg.std))
+        return add_inverse(x, dim=0) if cfg.add_inverse else x
 
     def _resize_crop(self, img: Any) -> Any:
-        cfg = self.config
+        cfg, TF = self.config, _tf()
         if cfg.resize_size:
-            img = TF.resize(img, [cfg.resize_size], interpolation=self._interp, antialias=True)
+            interpolation = TF.InterpolationMode(cfg.interpolation)
+            img = TF.resize(img, [cfg.resize_size], interpolation=interpolation, antialias=True)
         if cfg.crop_size:
             img = TF.center_crop(img, [cfg.crop_size, cfg.crop_size])
         return img
