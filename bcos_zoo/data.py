@@ -19,12 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .transforms import add_inverse, color_channels, has_inverse
+
 __all__ = [
-    "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "read_idx", "load_fashion_mnist", "InMemoryImages",
+    "FASHION_MNIST_DIR", "FASHION_MNIST_SIZE", "FASHION_MNIST_CLASSES", "read_idx", "load_fashion_mnist", "InMemoryImages",
     "augment_batch", "to_model_input", "image_folder_loader", "DataSpec", "open_dataset",
 ]  # fmt: skip
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_SIZE = 28
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
@@ -111,12 +114,12 @@ def augment_batch(x: Tensor, generator: torch.Generator, *, shift: int = 2, flip
 
 def to_model_input(x: Tensor, in_chans: int) -> Tensor:
     """Images in [0, 1] (1 or 3 channels) -> the model's channels (gray→RGB, then AddInverse if needed)."""
-    color = in_chans // 2 if in_chans in (2, 6) else in_chans
+    color = color_channels(in_chans)
     if x.shape[1] == 1 and color == 3:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] != color:
         raise ValueError(f"images have {x.shape[1]} channels but the model takes {in_chans} ({color} + inverse)")
-    return torch.cat([x, 1 - x], 1) if in_chans in (2, 6) else x
+    return add_inverse(x, dim=1) if has_inverse(in_chans) else x
 
 
 def image_folder_loader(root: str | os.PathLike, *, train: bool, image_size: int, resize_size: int | None,

@@ -41,6 +41,7 @@ from .data import to_model_input
 from .evaluation import predict_logits
 from .explain import explain_topk
 from .layers import explanation_mode
+from .transforms import color_channels, has_inverse
 
 __all__ = [
     "METHODS", "make_grid", "cell_shares", "pointing_game_scores", "confident_correct", "sample_grids",
@@ -156,8 +157,8 @@ def _ixg(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
 def _black(xs: Tensor) -> Tensor:
     """A black image in the model's encoding: 0, and 1 in the inverse channels of a B-cos input (2 or 6 channels)."""
     black = torch.zeros_like(xs)
-    if xs.shape[1] in (2, 6):
-        black[:, xs.shape[1] // 2 :] = 1
+    if has_inverse(xs.shape[1]):
+        black[:, color_channels(xs.shape[1]) :] = 1
     return black
 
 

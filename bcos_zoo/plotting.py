@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor
 
+from .transforms import color_channels
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -46,8 +48,7 @@ def to_numpy_image(x: ArrayLike) -> np.ndarray:
     arr = _np(x)
     if arr.ndim != 3:
         raise ValueError(f"expected an image [C, H, W], got shape {arr.shape}")
-    if arr.shape[0] in (2, 6):
-        arr = arr[: arr.shape[0] // 2]  # drop the inverse channels
+    arr = arr[: color_channels(arr.shape[0])]  # drop the inverse channels, if any
     if arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
     return np.clip(arr.transpose(1, 2, 0), 0.0, 1.0)

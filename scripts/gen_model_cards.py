@@ -16,8 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from bcos_zoo._cards import CARD_NAME, TABLE_END, TABLE_START, render_card, render_table
-from bcos_zoo.weights import get_weights, list_weights
+from bcos_zoo import get_weights, list_weights
+from bcos_zoo.cards import CARD_NAME, TABLE_END, TABLE_START, render_card, render_table
 
 log = logging.getLogger("gen_model_cards")
 

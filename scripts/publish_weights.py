@@ -4,11 +4,11 @@
     python scripts/publish_weights.py converted/ --org bcos-zoo --dry-run   # show what would be uploaded
     HF_TOKEN=... python scripts/publish_weights.py converted/ --org bcos-zoo
 
-For every ``<arch>.<tag>.safetensors`` in the directory (made by ``convert_checkpoint.py``) whose
+For every ``<arch>.<tag>.safetensors`` in the directory (made by ``bcos-zoo convert``) whose
 name is a registered weight, the repository ``<org>/<arch>.<tag>`` receives ``model.safetensors``,
 ``README.md`` (the model card, listing the hub file as the first source) and ``config.json`` (the
 record). At the end it prints the lines to paste into ``PUBLISHED`` in
-``bcos_zoo/weights_official.py``, which makes the hub files the first source of those records.
+``bcos_zoo/pretrained/official.py``, which makes the hub files the first source of those records.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 
 import bcos_zoo
-from bcos_zoo import weights
-from bcos_zoo._cards import render_card
-from bcos_zoo._download import sha256_file
+from bcos_zoo.cards import render_card
+from bcos_zoo.files import sha256_file
 
 log = logging.getLogger("publish_weights")
 
@@ -35,20 +34,20 @@ def plan(directory: Path, org: str, pattern: str = "*") -> list[tuple[str, dict[
         name = path.name[: -len(".safetensors")]
         if not fnmatch.fnmatchcase(name, pattern):
             continue
-        if name not in weights.list_weights():
+        if name not in bcos_zoo.list_weights():
             log.warning("skipping %s: %s is not a registered weight", path, name)
             continue
-        header = weights.weights_metadata(path).get("weight")
+        header = bcos_zoo.read_header(path).weight
         if header != name:
             raise ValueError(f"{path} says it holds {header!r}, not {name!r}; convert it again")
         digest, repo_id = sha256_file(path), f"{org}/{name}"
         spec = bcos_zoo.get_weights(name)
-        others = [s for s in spec.sources if not (isinstance(s, weights.HubFile) and s.repo_id == repo_id)]
-        published = dataclasses.replace(spec, sources=(weights.HubFile(repo_id, sha256=digest), *others))
+        others = [s for s in spec.sources if not (isinstance(s, bcos_zoo.HubFile) and s.repo_id == repo_id)]
+        published = dataclasses.replace(spec, sources=(bcos_zoo.HubFile(repo_id, sha256=digest), *others))
         files: dict[str, bytes | Path] = {
             "model.safetensors": path,
             "README.md": render_card(published).encode(),
-            "config.json": weights.spec_json(published).encode(),
+            "config.json": published.to_json().encode(),
         }
         uploads.append((repo_id, files, digest))
     return uploads
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'would upload' if args.dry_run else 'upload'} {repo_id}/{name} ({size:,} bytes)")
     if not args.dry_run:
         upload(uploads, private=args.private, token=args.token)
-    print("# PUBLISHED entries for bcos_zoo/weights_official.py:")
+    print("# PUBLISHED entries for bcos_zoo/pretrained/official.py:")
     for repo_id, _, digest in uploads:
         print(f'    "{repo_id.split("/", 1)[1]}": "{digest}",')
     return 0

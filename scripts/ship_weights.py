@@ -3,32 +3,31 @@
 
     python scripts/ship_weights.py --run runs/fmnist_resnet20 --tag fmnist
 
-Loads ``RUN/model.safetensors`` into the run's architecture, measures top-1/top-5 on the full
-Fashion-MNIST test set with ``bcos_zoo.evaluation.evaluate`` and the grid pointing game
+Loads ``RUN/model.safetensors`` by its header (``bcos_zoo.load_model``), measures top-1/top-5 on the
+full Fashion-MNIST test set with ``bcos_zoo.evaluation.evaluate`` and the grid pointing game
 (2×2 grids, B-cos explanation vs. Input×Gradient) with ``bcos_zoo.localisation``, then writes
-``bcos_zoo/assets/weights/<arch>.<tag>.safetensors`` and a ``.json`` record next to it (sha256,
-metrics, training command, seed, wall time, machine). ``bcos_zoo/weights_fmnist.py`` registers
-every such record; nothing in them is typed by hand. Regenerate the cards afterwards with
-``scripts/gen_model_cards.py``.
+``bcos_zoo/assets/weights/<arch>.<tag>.safetensors`` and a ``.json`` record next to it (SHA-256,
+dataset, classes, preprocessing, metrics, training command, seed, wall time, machine).
+``bcos_zoo/pretrained/shipped.py`` registers every such record; nothing in them is typed by hand.
+Regenerate the cards afterwards with ``scripts/gen_model_cards.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 import bcos_zoo
-from bcos_zoo._checkpoint import load_state_dict_strict
-from bcos_zoo._download import sha256_file
-from bcos_zoo.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from bcos_zoo.checkpoint import check_finite
+from bcos_zoo.data import load_fashion_mnist
 from bcos_zoo.evaluation import evaluate
 from bcos_zoo.localisation import grid_pointing_game, summarize
-from bcos_zoo.weights import PACKAGE_WEIGHTS_DIR, save_weights
+from bcos_zoo.records import PACKAGE_WEIGHTS_DIR
 
 
 def measure(model: torch.nn.Module, grid: int, n_grids: int) -> tuple[dict[str, float], dict[str, object]]:
@@ -47,24 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="training output directory (summary.json, model.safetensors)")
     p.add_argument("--tag", default="fmnist")
+    p.add_argument("--dataset", default="fashion_mnist", help="dataset id recorded with the metrics")
     p.add_argument("--grid", type=int, default=2)
     p.add_argument("--n-grids", type=int, default=250)
     args = p.parse_args(argv)
     summary = json.loads((args.run / "summary.json").read_text())
-    arch = summary["arch"]
-    kwargs = {k: v for k, v in summary["model_kwargs"].items() if k != "num_classes"}  # the record has num_classes
-    model = bcos_zoo.create_model(arch, num_classes=len(FASHION_MNIST_CLASSES), **kwargs).eval()
-    state = load_file(str(args.run / "model.safetensors"))
-    load_state_dict_strict(model, state, source=str(args.run / "model.safetensors"))
+    model = bcos_zoo.load_model(args.run / "model.safetensors").eval()
+    header = bcos_zoo.read_header(args.run / "model.safetensors")
+    state = model.state_dict()
+    check_finite(state, str(args.run / "model.safetensors"))
     acc, loc = measure(model, args.grid, args.n_grids)
-    name = f"{arch}.{args.tag}"
+    name = f"{model.arch}.{args.tag}"
     dst = PACKAGE_WEIGHTS_DIR / f"{name}.safetensors"
-    metadata = {"weight": name, "arch": arch, "tag": args.tag, "source": "trained with bcos-zoo train",
-                "model_kwargs": json.dumps(kwargs), "classes": json.dumps(list(FASHION_MNIST_CLASSES))}  # fmt: skip
-    save_weights(state, dst, metadata)
+    digest = bcos_zoo.save_weights(state, dst, dataclasses.replace(header, weight=name))
+    kwargs = {k: v for k, v in header.model_kwargs.items() if k != "num_classes"}  # the record has the classes
     record = {
-        "arch": arch, "tag": args.tag, "filename": dst.name, "sha256": sha256_file(dst), "model_kwargs": kwargs,
-        "num_params": sum(p.numel() for p in model.parameters()), "classes": list(FASHION_MNIST_CLASSES),
+        "arch": model.arch, "tag": args.tag, "filename": dst.name, "sha256": digest, "model_kwargs": kwargs,
+        "num_params": sum(p.numel() for p in model.parameters()), "classes": list(header.classes),
+        "dataset": args.dataset, "transform": model.transform.config.to_dict(), "license": "apache-2.0",
         "metrics": {"top1": round(acc["top1"], 2), "top5": round(acc["top5"], 2), "test_images": acc["n"]},
         "localisation": loc,
         "training": {k: summary[k] for k in ("command", "seed", "epochs", "wall_time_s", "machine", "world_size", "config")},

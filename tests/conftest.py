@@ -23,14 +23,14 @@ def weights_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     Returns the bcos-zoo cache directory (``BCOS_ZOO_CACHE``).
     """
-    from bcos_zoo import weights
+    from bcos_zoo import registry
 
     monkeypatch.setenv("BCOS_ZOO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     for var in ("BCOS_ZOO_OFFLINE", "HF_HUB_OFFLINE", "BCOS_ZOO_RELEASE_URL", "HF_ENDPOINT", "HF_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     for name in ("_WEIGHTS", "_DEFAULTS", "_ALIASES"):
-        monkeypatch.setattr(weights, name, dict(getattr(weights, name)))
+        monkeypatch.setattr(registry, name, dict(getattr(registry, name)))
     return tmp_path / "cache"
 
 

@@ -4,7 +4,7 @@ It serves plain files (``/<path>``) and the part of the Hugging Face hub protoco
 ``hf_hub_download`` uses: ``HEAD``/``GET /<org>/<repo>/resolve/<revision>/<filename>`` answered with
 ``X-Repo-Commit``, ``ETag`` (the file's SHA-256) and ``Content-Length``; a missing repository or
 file is a ``404`` with ``X-Error-Code`` (``RepoNotFound`` / ``EntryNotFound``). A file can be made
-to arrive slowly or to be cut off mid-transfer.
+to arrive slowly, to be cut off mid-transfer, to come gzip-compressed, or with headers of the test's choosing.
 
     with LoopbackServer() as server:
         server.add_file("/release/w-0123456789.pth", data)
@@ -14,6 +14,7 @@ to arrive slowly or to be cut off mid-transfer.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 import threading
@@ -33,6 +34,8 @@ class LoopbackServer:
         self.hub: dict[str, dict[tuple[str, str], bytes]] = {}  # repo_id -> {(revision, filename): data}
         self.cut_off: set[str] = set()  # paths sent only half, then the connection is dropped
         self.seconds_per_file = 0.0  # spread every body over this long
+        self.headers: dict[str, dict[str, str]] = {}  # path -> headers sent instead of the computed ones
+        self.gzipped: set[str] = set()  # paths whose body is sent gzip-compressed (Content-Encoding: gzip)
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, path) -> count
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
@@ -98,10 +101,12 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, data: bytes, path: str, body: bool, headers: dict[str, str] | None = None) -> None:
             self.send_response(200)
-            for key, value in (headers or {}).items():
+            if path in server.gzipped:
+                data = gzip.compress(data)
+                headers = {**(headers or {}), "Content-Encoding": "gzip"}
+            sent = {**(headers or {}), "Content-Length": str(len(data)), "Content-Type": "application/octet-stream"}
+            for key, value in {**sent, **server.headers.get(path, {})}.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
             if not body:
                 return

@@ -22,13 +22,14 @@ from safetensors.torch import save_file
 
 import bcos_zoo
 from bcos_zoo import cli
+from bcos_zoo.cli import inference
 from bcos_zoo.data import FASHION_MNIST_CLASSES, load_fashion_mnist, to_model_input
 from bcos_zoo.plotting import DPI, PANEL_INCHES
 from bcos_zoo.transforms import load_image
 
 PANEL_PX = round(PANEL_INCHES * DPI)
 FMNIST_KWARGS = {"in_chans": 2, "norm_layer": "bnu-linear"}
-ASSETS = sorted(cli.ASSETS.glob("*.png"))
+ASSETS = sorted(inference.ASSETS.glob("*.png"))
 COMMANDS = ["list", "info", "download", "predict", "explain", "evaluate", "localisation", "demo", "train", "finetune"]
 
 
@@ -93,7 +94,7 @@ def fmnist(work):
 def images(work) -> dict[str, Path]:
     d = work / "images"
     d.mkdir()
-    rgb = Image.open(cli.ASSETS / "synthetic_shapes.png").convert("RGB")
+    rgb = Image.open(inference.ASSETS / "synthetic_shapes.png").convert("RGB")
     rgb.save(d / "shapes.jpg", quality=90)
     data = (d / "shapes.jpg").read_bytes()
     (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
@@ -194,7 +195,7 @@ def test_demo_offline_on_a_fresh_machine(env, work, images, png_size):
     expected = [f"{p.stem}_explained.png" for p in ASSETS] + ["shapes_explained.png", "overview.png"]
     assert sorted(p.name for p in out.glob("*.png")) == sorted(expected)
     assert png_size(out / "shapes_explained.png") == (3 * PANEL_PX, PANEL_PX)
-    assert cli.DEMO_MODEL in bcos_zoo.list_weights() and "RANDOM" not in r.stderr + r.stdout
+    assert inference.DEMO_MODEL in bcos_zoo.list_weights() and "RANDOM" not in r.stderr + r.stdout
 
 
 def test_train_delegates_to_training(env, work):
@@ -341,7 +342,7 @@ def test_download_errors(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("BCOS_ZOO_OFFLINE", "1")
     monkeypatch.setenv("BCOS_ZOO_CACHE", str(tmp_path))
     code, _, err = call(capsys, "download", "bcos_resnet18.in1k")
-    assert_one_line_error(code, err, "bcos_resnet18.in1k")
+    assert_one_line_error(code, err, "bcos_resnet18.in1k", "Offline mode is on (BCOS_ZOO_OFFLINE=1)")
 
 
 def test_list_info_download_as_subprocesses(env, work):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 from pathlib import Path
 
@@ -11,19 +10,13 @@ import pytest
 import torch
 
 import bcos_zoo
-from bcos_zoo import TransformConfig, WeightSpec, weights
+from bcos_zoo import TransformConfig, UrlFile, WeightSpec
+from hubconf_loader import load as load_hubconf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH, KWARGS = "bcos_resnet32_cifar", {"num_classes": 5, "norm_layer": "bnu-linear"}
-
-
-def load_hubconf():
-    spec = importlib.util.spec_from_file_location("hubconf_under_test", REPO / "hubconf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +66,7 @@ def test_convert_then_publish_dry_run(weights_env, tiny_pth, tmp_path, load_scri
     spec = WeightSpec(
         arch=ARCH,
         tag="scripts_test",
-        sources=(weights.release_file(path.name, "https://example.org/r"),),
+        sources=(bcos_zoo.release_file(path.name, "https://example.org/r"),),
         num_classes=5,
         transform=TransformConfig(resize_size=None, crop_size=None),
         model_kwargs={"norm_layer": "bnu-linear"},
@@ -83,9 +76,9 @@ def test_convert_then_publish_dry_run(weights_env, tiny_pth, tmp_path, load_scri
     out = tmp_path / "converted"
     assert load_script("convert_checkpoint").main([str(path), "--weights", spec.name, "--out-dir", str(out)]) == 0
     converted = out / f"{spec.name}.safetensors"
-    meta = weights.weights_metadata(converted)
-    assert meta["weight"] == spec.name and meta["source"] == spec.sources[0].url
-    assert meta["source_sha256"].startswith(spec.sha256_prefix)
+    header = bcos_zoo.read_header(converted)
+    assert header.weight == spec.name and header.source == spec.sources[0].url and header.arch == ARCH
+    assert header.source_sha256.startswith(spec.sha256_prefix) and header.model_kwargs == spec.build_kwargs
     assert f"# {spec.name}" in (out / f"{spec.name}.md").read_text()
     reloaded = bcos_zoo.create_model(ARCH, pretrained=converted, **KWARGS)  # the header names the record
     assert reloaded.pretrained_cfg is spec
@@ -102,15 +95,17 @@ def test_convert_then_publish_dry_run(weights_env, tiny_pth, tmp_path, load_scri
     assert f'"{spec.name}": "{digest}",' in printed
 
 
-def test_convert_reports_a_checkpoint_that_does_not_fit(weights_env, tiny_pth, tmp_path, load_script):
+def test_convert_reports_a_checkpoint_that_does_not_fit(weights_env, tiny_pth, tmp_path, load_script, capsys):
     path, _ = tiny_pth
     spec = WeightSpec(
         arch="bcos_resnet32_cifar",
         tag="wrong",
-        sources=(weights.UrlFile("https://example.org/x.pth"),),
+        sources=(UrlFile("https://example.org/x.pth"),),
         num_classes=5,
         transform=TransformConfig(resize_size=None, crop_size=None),
     )
     bcos_zoo.register_weights(spec)
-    with pytest.raises(bcos_zoo.CheckpointError, match="does not fit bcos_resnet32_cifar"):
-        load_script("convert_checkpoint").main([str(path), "--weights", spec.name, "--out-dir", str(tmp_path)])
+    assert load_script("convert_checkpoint").main([str(path), "--weights", spec.name, "--out-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert f"checkpoint {path} does not fit BcosResNet" in error and "unexpected keys" in error
+    assert not list(tmp_path.glob("*.safetensors"))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import bcos_zoo
-from bcos_zoo import UrlFile, weights
+from bcos_zoo import UrlFile
 from bcos_zoo.transforms import TransformConfig
-from bcos_zoo.weights_official import IMAGENET_CLASSES, OFFICIAL_WEIGHTS
+from bcos_zoo.pretrained.official import IMAGENET_CLASSES, OFFICIAL_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -100,7 +100,7 @@ def test_num_params_equal_the_built_model(name):
     if not bcos_zoo.is_model(spec.arch):
         pytest.skip(f"{spec.arch} is not registered yet (see test_every_weights_architecture_is_registered)")
     with torch.device("meta"):  # nothing is allocated
-        model = bcos_zoo.create_model(spec.arch, **weights.merge_model_kwargs(spec, {}))
+        model = bcos_zoo.create_model(spec.arch, **spec.build_kwargs)
     assert sum(p.numel() for p in model.parameters()) == spec.num_params
 
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 import bcos_zoo
-from bcos_zoo import weights as W
+from bcos_zoo import records
+from bcos_zoo.files import sha256_file
 from bcos_zoo.data import load_fashion_mnist
 from bcos_zoo.evaluation import evaluate
 from bcos_zoo.localisation import grid_pointing_game, summarize
 from bcos_zoo.training import TrainConfig, train
-from bcos_zoo.weights_fmnist import shipped_weights
+from bcos_zoo.pretrained.shipped import shipped_weights
 
 # the issue's accuracy targets on the 10k test images
 REQUIRED_TOP1 = {"bcos_resnet20_cifar.fmnist": 93.0, "bcos_simple9_cifar.fmnist": 90.0}
@@ -44,14 +45,33 @@ def test_both_models_are_shipped() -> None:
     assert bcos_zoo.get_weights("bcos_resnet20_cifar").name == "bcos_resnet20_cifar.fmnist"
 
 
-@pytest.mark.parametrize("name", sorted(REQUIRED_TOP1))
-def test_loads_offline_verified_and_accurate(name: str, offline: Path, fmnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
+def load_shipped_offline(name: str, offline: Path) -> torch.nn.Module:
+    """The shipped model, loaded offline with an empty cache, after checking the file and what was loaded."""
     spec = SPECS[name]
     (source,) = spec.sources
-    assert W.sha256_file(source.path) == source.sha256 == spec.sha256
+    assert sha256_file(source.path) == source.sha256 == spec.sha256
     model = bcos_zoo.create_model(name, pretrained=True).eval()
-    assert model.pretrained_cfg == spec and model.in_chans == 2
+    assert model.pretrained_cfg == spec and model.in_chans == 2 and model.pretrained_cfg.classes[9] == "Ankle boot"
     assert not offline.exists() or not any(offline.rglob("*.safetensors")), "shipped weights are not copied to the cache"
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED_TOP1))
+def test_loads_offline_and_verified(name: str, offline: Path, fmnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The quick check of the suite's default run: offline load, integrity, and accuracy on 500 test images."""
+    model = load_shipped_offline(name, offline)
+    images, labels = fmnist_test
+    metrics = evaluate(model, [(images[:500].float() / 255, labels[:500])])
+    assert metrics["top1"] >= REQUIRED_TOP1[name] - 5.0
+    out = model.explain(torch.stack([model.transform(img) for img in images[:8]]))  # complete on real images
+    chosen = out.logits.gather(1, out.target[:, None])[:, 0]
+    torch.testing.assert_close(out.contribution_map.sum((-2, -1)) + out.bias_contribution, chosen, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REQUIRED_TOP1))
+def test_loads_offline_verified_and_accurate(name: str, offline: Path, fmnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
+    spec, model = SPECS[name], load_shipped_offline(name, offline)
     images, labels = fmnist_test
     batches = ((images[i : i + 500].float() / 255, labels[i : i + 500]) for i in range(0, len(labels), 500))
     metrics = evaluate(model, batches)
@@ -61,6 +81,7 @@ def test_loads_offline_verified_and_accurate(name: str, offline: Path, fmnist_te
     assert metrics["top1"] >= REQUIRED_TOP1[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REQUIRED_TOP1))
 def test_explanations_localise(name: str, fmnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
     model = bcos_zoo.create_model(name, pretrained=True).eval()
@@ -84,8 +105,8 @@ def test_tampered_shipped_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_p
     with open(tmp_path / source.filename, "r+b") as f:
         f.seek(-16, 2)
         f.write(b"\0" * 16)
-    monkeypatch.setattr(W, "PACKAGE_WEIGHTS_DIR", tmp_path)
-    with pytest.raises(W.HashMismatchError, match="reinstall"):
+    monkeypatch.setattr(records, "PACKAGE_WEIGHTS_DIR", tmp_path)
+    with pytest.raises(bcos_zoo.CheckpointError, match="damaged .* reinstall bcos-zoo"):
         bcos_zoo.create_model("bcos_resnet20_cifar.fmnist", pretrained=True)
 
 

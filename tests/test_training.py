@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import bcos_zoo
 from bcos_zoo.training import TrainConfig, Trainer, bce_loss, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,11 +43,18 @@ def test_loss_decreases(tmp_path: Path) -> None:
     losses = [h["train_loss"] for h in trainer.history]
     assert losses[-1] < losses[0] - 0.01, losses
     out = tmp_path / "smoke"
-    for name in ("last.safetensors", "last.optim.safetensors", "last.json", "model.safetensors", "README.md"):
+    for name in ("last.safetensors", "last.state.pt", "last.json", "model.safetensors", "summary.json", "README.md"):
         assert (out / name).is_file(), name
     state = json.loads((out / "last.json").read_text())
     assert state["epoch"] == 3 and len(state["history"]) == 3
-    assert "test top-1" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()  # rendered like every model card, from the run's own record
+    assert f"| fashion-mnist | {trainer.history[-1]['test_top1']:.3f} |" in card and "# bcos_resnet20_cifar.run" in card
+    # the final weights rebuild the model from their header alone: architecture, arguments, classes, preprocessing
+    model = bcos_zoo.load_model(out / "model.safetensors")
+    assert model.arch == "bcos_resnet20_cifar" and model.in_chans == 2 and model.num_classes == 10
+    assert model.pretrained_cfg.classes[0] == "T-shirt/top" and model.transform.config.crop_size == 28
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, msg=k)
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from hf_server import LoopbackServer
 from safetensors.torch import save_file
 
 import bcos_zoo
-from bcos_zoo import HubFile, TransformConfig, UrlFile, WeightSpec, weights
-from bcos_zoo._download import DownloadError, HashMismatchError, OfflineError
+from bcos_zoo import DownloadError, HashMismatchError, HubFile, OfflineError, TransformConfig, UrlFile, WeightSpec, fetch
+from bcos_zoo.convert import convert_checkpoint
+from bcos_zoo.records import OFFICIAL_RELEASE_URL
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -143,7 +144,7 @@ def test_official_pth_download_verify_convert_cache(cache, server, official_resn
     data, filename, x, logits = official_resnet18
     server.add_file(f"/mirror/{filename}", data)
     monkeypatch.setenv("BCOS_ZOO_RELEASE_URL", server.url + "/mirror/")
-    spec = WeightSpec(arch="bcos_resnet18", tag="mirror_test", sources=(weights.release_file(filename),),
+    spec = WeightSpec(arch="bcos_resnet18", tag="mirror_test", sources=(bcos_zoo.release_file(filename),),
                       num_classes=1000, transform=TransformConfig(resize_size=232, crop_size=224))  # fmt: skip
     bcos_zoo.register_weights(spec)
 
@@ -152,9 +153,9 @@ def test_official_pth_download_verify_convert_cache(cache, server, official_resn
     assert model.pretrained_cfg is spec and model.transform.config.resize_size == 232
     cached = cache / "weights" / "bcos_resnet18.mirror_test.safetensors"
     assert files_in(cache) == [cached.name, cached.name + ".sha256"]  # the .pth is gone, no temp files
-    meta = weights.weights_metadata(cached)
-    assert meta["source_sha256"] == sha256(data) and meta["weight"] == spec.name
-    assert meta["source"].endswith(filename)
+    header = bcos_zoo.read_header(cached)
+    assert header.source_sha256 == sha256(data) and header.weight == spec.name and header.arch == spec.arch
+    assert header.source == f"{server.url}/mirror/{filename}"
 
     monkeypatch.setenv("BCOS_ZOO_OFFLINE", "1")  # later loads read only the cached safetensors
     assert_logits(bcos_zoo.create_model("bcos_resnet18.mirror_test", pretrained=True), x, logits)
@@ -162,9 +163,8 @@ def test_official_pth_download_verify_convert_cache(cache, server, official_resn
 
     monkeypatch.delenv("BCOS_ZOO_OFFLINE")
     cached.write_bytes(cached.read_bytes()[:1000])  # a truncated cache entry is detected and fetched again
-    assert weights.weight_file(spec, model) == cached and server.gets(f"/mirror/{filename}") == 2
-    weights.load_checkpoint(model, cached)
-    assert_logits(model, x, logits)
+    assert fetch.weight_file(spec) == cached and server.gets(f"/mirror/{filename}") == 2
+    assert_logits(bcos_zoo.create_model("bcos_resnet18", pretrained=cached), x, logits)
 
 
 def test_official_record_hash_mismatch_caches_nothing(cache, server, official_resnet18, monkeypatch):
@@ -203,7 +203,7 @@ def test_offline_miss_says_what_to_do(cache, monkeypatch):
     with pytest.raises(OfflineError) as err:
         bcos_zoo.create_model("bcos_resnet18", pretrained=True)
     text = str(err.value)
-    assert weights.OFFICIAL_RELEASE_URL + "resnet_18-68b4160fff.pth" in text
+    assert OFFICIAL_RELEASE_URL + "resnet_18-68b4160fff.pth" in text
     assert "BCOS_ZOO_OFFLINE" in text and str(cache / "weights" / "bcos_resnet18.in1k.safetensors") in text
     assert str(cache / "downloads") in text
 
@@ -217,7 +217,7 @@ def test_offline_miss_says_what_to_do(cache, monkeypatch):
 def test_offline_with_a_file_put_where_the_error_says(cache, tiny_pth, monkeypatch):
     data, filename, x, logits = tiny_pth
     monkeypatch.setenv("BCOS_ZOO_OFFLINE", "1")
-    bcos_zoo.register_weights(tiny_spec("by_hand", weights.release_file(filename)))
+    bcos_zoo.register_weights(tiny_spec("by_hand", bcos_zoo.release_file(filename)))
     with pytest.raises(OfflineError, match=str(cache / "downloads")):
         bcos_zoo.create_model(f"{ARCH}.by_hand", pretrained=True)
     (cache / "downloads").mkdir(parents=True)
@@ -236,7 +236,7 @@ def test_cache_follows_the_record(cache, server, tiny, tmp_path):
     cached = cache / "weights" / f"{ARCH}.versioned.safetensors"
     assert cached.read_bytes() == data
     bcos_zoo.register_weights(tiny_spec("versioned", UrlFile(url_b, sha256=sha256(other))), replace=True)
-    weights.weight_file(bcos_zoo.get_weights(f"{ARCH}.versioned"), torch.nn.Module())  # a new version: fetched again
+    fetch.weight_file(bcos_zoo.get_weights(f"{ARCH}.versioned"))  # a new version: fetched again
     assert cached.read_bytes() == other and server.gets("/files/b.safetensors") == 1
 
 
@@ -266,13 +266,12 @@ def test_converted_file_carries_its_record(cache, tiny_pth, tmp_path):
     (tmp_path / filename).write_bytes(pth)
     spec = tiny_spec("converted", UrlFile("https://example.org/" + filename))
     bcos_zoo.register_weights(spec)
-    out = tmp_path / f"{spec.name}.safetensors"
-    model = bcos_zoo.create_model(ARCH, num_classes=5, **TINY_KWARGS)
-    digest = weights.convert_checkpoint(tmp_path / filename, out, model, {"weight": spec.name})
-    assert digest == sha256(out.read_bytes())
-    loaded = bcos_zoo.create_model(ARCH, pretrained=out, num_classes=5, **TINY_KWARGS)
-    assert loaded.pretrained_cfg is spec  # the header names the record
+    out, digest = convert_checkpoint(tmp_path / filename, spec.name, tmp_path / "converted")
+    assert out == tmp_path / "converted" / f"{spec.name}.safetensors" and digest == sha256(out.read_bytes())
+    loaded = bcos_zoo.create_model(ARCH, pretrained=out)  # the header names the record: its arguments apply
+    assert loaded.pretrained_cfg is spec and loaded.num_classes == 5
     assert_logits(loaded, x, logits)
+    assert bcos_zoo.load_model(out).pretrained_cfg is spec  # no name needed at all
 
 
 def test_conflicting_arguments(cache):
@@ -285,13 +284,32 @@ def test_conflicting_arguments(cache):
         bcos_zoo.create_model("resnet50", pretrained="long_in1k")
 
 
+@pytest.mark.parametrize("entry", ["create_model", "model_entrypoint", "torch_hub"])
+def test_weights_arguments_are_judged_by_every_entry_point(cache, monkeypatch, entry):
+    """A user's num_classes that contradicts the weights raises through every public entry point, before any
+    download (the cache stays empty and nothing is requested: the URL points nowhere)."""
+    import hubconf_loader
+
+    builders = {
+        "create_model": lambda **kw: bcos_zoo.create_model("bcos_resnet50", **kw),
+        "model_entrypoint": lambda **kw: bcos_zoo.model_entrypoint("bcos_resnet50")(**kw),
+        "torch_hub": lambda **kw: hubconf_loader.load().bcos_resnet50(**kw),
+    }
+    monkeypatch.setenv("BCOS_ZOO_RELEASE_URL", "http://127.0.0.1:9/nowhere")
+    with pytest.raises(ValueError, match="num_classes=1000, but num_classes=10"):
+        builders[entry](pretrained=True, num_classes=10)
+    assert files_in(cache) == []
+    model = builders[entry](num_classes=10)  # without weights, any num_classes
+    assert model.num_classes == 10 and model.pretrained_cfg is None
+
+
 def test_register_weights_rules(cache):
     first, second = (
         tiny_spec("one", UrlFile("http://x/1.safetensors")),
         tiny_spec("two", UrlFile("http://x/2.safetensors")),
     )
     bcos_zoo.register_weights([first, second])
-    assert weights.default_weights(ARCH) is first  # the first registered is the default ...
+    assert bcos_zoo.default_weights(ARCH) is first  # the first registered is the default ...
     bcos_zoo.register_weights(tiny_spec("three", UrlFile("http://x/3.safetensors")), default=True)
     assert bcos_zoo.get_weights(ARCH).tag == "three"  # ... until another is registered as default
     assert ARCH in bcos_zoo.list_models("bcos_resnet*", pretrained=True)

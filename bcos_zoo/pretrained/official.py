@@ -13,10 +13,11 @@ The official files are known only by the SHA-256 prefix in their names.
 
 from __future__ import annotations
 
-from torchvision.models import ResNet50_Weights
+from pathlib import Path
 
-from .transforms import TransformConfig
-from .weights import HubFile, UrlFile, WeightSpec, register_weights, release_file
+from ..records import HubFile, UrlFile, WeightSpec, release_file
+from ..registry import register_weights
+from ..transforms import TransformConfig
 
 __all__ = ["BCOS_V2_CITATION", "HF_ORG", "IMAGENET_CLASSES", "OFFICIAL_WEIGHTS", "PUBLISHED"]
 
@@ -26,7 +27,10 @@ __all__ = ["BCOS_V2_CITATION", "HF_ORG", "IMAGENET_CLASSES", "OFFICIAL_WEIGHTS",
 HF_ORG = "bcos-zoo"
 PUBLISHED: dict[str, str] = {}
 
-IMAGENET_CLASSES: tuple[str, ...] = tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+# torchvision's ImageNet-1k class names, in index order (a text file, so no torchvision import is needed)
+IMAGENET_CLASSES: tuple[str, ...] = tuple(
+    (Path(__file__).resolve().parents[1] / "assets" / "imagenet_classes.txt").read_text().splitlines()
+)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 BCOS_V2_PAPER = "https://arxiv.org/abs/2306.10898"

@@ -1,23 +1,59 @@
 """torch.hub entry points: one per registered architecture, documented from the weights registry.
 
 ``hubconf.py`` exposes :func:`hub_entrypoints`; ``torch.hub.help(repo, name)`` then shows the
-architecture's weights and their published metrics, which are never written by hand.
+architecture's weights and their published metrics, which are never written by hand. The GitHub
+repository users pass to ``torch.hub.load`` is read from the project's metadata
+(``[project.urls] Repository`` in ``pyproject.toml``), so a fork sets it with one edit.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 from torch import nn
 
-from ._builder import Pretrained
-from ._registry import list_models, model_entrypoint
-from .weights import WeightSpec, check_user_kwargs, default_weights, get_weights, list_weights
+from .records import WeightSpec
+from .registry import default_weights, get_weights, list_models, list_weights, model_entrypoint
 
-__all__ = ["TORCH_HUB_REPO", "hub_docstring", "hub_entrypoints", "weight_summary"]
+__all__ = ["torch_hub_repo", "hub_docstring", "hub_entrypoints", "weight_summary"]
 
-TORCH_HUB_REPO = "<owner>/bcos-zoo"  # the GitHub repository users pass to torch.hub.load
+_GITHUB = re.compile(r"^https://github\.com/([^/\s]+/[^/\s]+?)(?:\.git)?/?$")
+
+
+def _repository_url() -> str | None:
+    """``[project.urls] Repository`` of the source tree's ``pyproject.toml``, else of the installed package."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        import tomllib
+
+        return tomllib.loads(pyproject.read_text())["project"]["urls"]["Repository"]
+    except (ImportError, OSError, KeyError, ValueError):
+        pass
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("bcos-zoo").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return None
+    return next((u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("repository,")), None)
+
+
+@functools.cache
+def torch_hub_repo() -> str:
+    """``"<owner>/<name>"`` of the GitHub repository that ``torch.hub.load`` takes, from the project metadata.
+
+    Example:
+        >>> torch_hub_repo()
+        'bcos-zoo/bcos-zoo'
+    """
+    url = _repository_url() or ""
+    match = _GITHUB.match(url)
+    if match is None:
+        raise ValueError(f"[project.urls] Repository in pyproject.toml must be https://github.com/<owner>/<name>, got {url!r}")
+    return match.group(1)
 
 
 def weight_summary(spec: WeightSpec) -> str:
@@ -50,20 +86,19 @@ def hub_docstring(arch: str) -> str:
         "    **kwargs: architecture options (num_classes, in_chans, ...).",
         "",
         "Example:",
-        f'    >>> model = torch.hub.load("{TORCH_HUB_REPO}", "{arch}"{", pretrained=True" if default else ""}).eval()',
+        f'    >>> model = torch.hub.load("{torch_hub_repo()}", "{arch}"{", pretrained=True" if default else ""}).eval()',
     ]
     return "\n".join(lines)
 
 
 def _entrypoint(arch: str) -> Callable[..., nn.Module]:
+    """The architecture's own builder (which judges its arguments itself) with the registry's docstring."""
     build = model_entrypoint(arch)
 
-    def entrypoint(pretrained: Pretrained = False, **kwargs: Any) -> nn.Module:
-        check_user_kwargs(arch, pretrained, kwargs)
-        return build(pretrained=pretrained, **kwargs)
+    @functools.wraps(build)
+    def entrypoint(*args: object, **kwargs: object) -> nn.Module:
+        return build(*args, **kwargs)
 
-    entrypoint.__name__ = entrypoint.__qualname__ = arch
-    entrypoint.__module__ = build.__module__
     entrypoint.__doc__ = hub_docstring(arch)
     return entrypoint
 

@@ -2,21 +2,21 @@
 
 A card is Markdown with Hugging Face YAML front matter, so the same text is a hub repository's
 README.md. ``scripts/gen_model_cards.py`` writes them to ``model_cards/`` (and checks them in a test);
-``scripts/convert_checkpoint.py`` and ``scripts/publish_weights.py`` use them too.
+``bcos-zoo convert``, ``bcos-zoo info`` and ``scripts/publish_weights.py`` use them too.
 """
 
 from __future__ import annotations
 
 import re
 
-from ._hub import TORCH_HUB_REPO
-from .weights import HubFile, PackageFile, Source, WeightSpec, default_weights
+from .records import DATASET_NAMES, HubFile, PackageFile, Source, WeightSpec
+from .registry import default_weights
+from .torchhub import torch_hub_repo
 
 __all__ = ["CARD_NAME", "TABLE_END", "TABLE_START", "render_card", "render_table"]
 
 TABLE_START, TABLE_END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 CARD_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+\.md$")
-_DATASET_NAMES = {"imagenet-1k": "ImageNet-1k"}
 _IMAGENET_TERMS = (
     "These weights were trained on ImageNet-1k and are subject to the ImageNet terms of access: non-commercial "
     "research and educational use only."
@@ -56,7 +56,7 @@ def _front_matter(spec: WeightSpec) -> list[str]:
         lines += ["metrics:", "- accuracy", "model-index:", f"- name: {spec.name}", "  results:"]
         for dataset, values in spec.metrics.items():
             lines += ["  - task:", "      type: image-classification", "    dataset:",
-                      f"      name: {_DATASET_NAMES.get(dataset, dataset)}", f"      type: {dataset}", "    metrics:"]  # fmt: skip
+                      f"      name: {DATASET_NAMES.get(dataset, dataset)}", f"      type: {dataset}", "    metrics:"]  # fmt: skip
             for key, value in values.items():
                 lines += [
                     "    - type: accuracy",
@@ -84,7 +84,7 @@ def _usage(spec: WeightSpec) -> list[str]:
         ]
     code += ["```", ""]
     other = [f'`bcos_zoo.create_model("{alias}", pretrained=True)` (official B-cos v2 name)' for alias in spec.aliases]
-    other.append(f'`torch.hub.load("{TORCH_HUB_REPO}", "{spec.arch}", pretrained="{spec.tag}")`')
+    other.append(f'`torch.hub.load("{torch_hub_repo()}", "{spec.arch}", pretrained="{spec.tag}")`')
     return ["## Usage", "", *code, "The same weights: " + ", ".join(other) + ".", ""]
 
 
@@ -99,7 +99,7 @@ def _licence(spec: WeightSpec) -> list[str]:
 
 def render_card(spec: WeightSpec) -> str:
     """The model card of one weight, entirely from its record."""
-    dataset = _DATASET_NAMES.get(spec.dataset or "", spec.dataset or "an unspecified dataset")
+    dataset = DATASET_NAMES.get(spec.dataset or "", spec.dataset or "an unspecified dataset")
     lines = [
         *_front_matter(spec),
         f"# {spec.name}",
@@ -119,10 +119,10 @@ def render_card(spec: WeightSpec) -> str:
     if spec.metrics:
         lines += ["## Results", "", "| dataset | top-1 (%) | top-5 (%) |", "|---|---|---|"]
         lines += [
-            f"| {_DATASET_NAMES.get(d, d)} | {_pct(m.get('top1'))} | {_pct(m.get('top5'))} |"
+            f"| {DATASET_NAMES.get(d, d)} | {_pct(m.get('top1'))} | {_pct(m.get('top5'))} |"
             for d, m in spec.metrics.items()
         ]
-        lines += ["", "As published by the authors (validation set, single center crop).", ""]
+        lines += ["", spec.metrics_note, ""]
     lines += ["## Model details", "", f"- Architecture: `{spec.arch}`"]
     if spec.num_params is not None:
         lines.append(f"- Parameters: {spec.num_params:,}")

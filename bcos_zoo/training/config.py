@@ -1,0 +1,50 @@
+"""The configuration of a training run (stored in its checkpoints and card)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run.
+
+    Attributes:
+        model: architecture name (or, with ``init_from``, the architecture of those weights).
+        model_kwargs: architecture options (``in_chans``, ``norm_layer``, ...).
+        data: ``"fashion-mnist"``, ``"fashion-mnist:DIR"``, a folder of idx files, or an ImageFolder root.
+        out: output directory (checkpoints, final weights, card).
+        epochs, batch_size, lr, weight_decay, warmup_epochs: the optimisation (global batch size).
+        off_label: uniform off-label targets 1/C in the BCE loss.
+        ema_decay: keep an EMA of the weights with this per-step decay.
+        shift, flip: Fashion-MNIST augmentation (max translation in pixels, horizontal flips).
+        seed: fixes initialisation, data order and augmentation of every epoch.
+        init_from: fine-tune from a registered weight name or a checkpoint file (new classifier).
+        freeze_features: train the classifier only.
+        image_size: crop size for ImageFolder data.
+        max_steps_per_epoch, eval_batch_size, eval_limit: caps for smoke tests and evaluation.
+    """
+
+    model: str = "bcos_resnet20_cifar"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "fashion-mnist"
+    out: str = "runs/train"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_epochs: float = 1.0
+    off_label: bool = False
+    ema_decay: float | None = None
+    shift: int = 2
+    flip: bool = True
+    seed: int = 0
+    init_from: str | None = None
+    freeze_features: bool = False
+    image_size: int = 224
+    max_steps_per_epoch: int | None = None
+    eval_batch_size: int = 500
+    eval_limit: int | None = None
