@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..explain import Explanation, Target, check_input, explain
 from ..layers import LogitLayer, default_logit_bias, explanation_mode
-from ..layers.bcos import kaiming_init_
+from ..layers import init_bcos_weights_
 
 __all__ = ["BcosModelMixin"]
 
@@ -63,7 +63,7 @@ class BcosModelMixin:
         """A freshly initialised 1×1 B-cos conv from ``num_features`` channels (built with the
         family's conv factory ``_conv``) to ``num_classes``; ViTs override it."""
         classifier = self._conv(self.num_features, num_classes, kernel_size=1)  # type: ignore[attr-defined]
-        kaiming_init_(classifier)
+        init_bcos_weights_(classifier)
         return classifier
 
     def get_feature_extractor(self) -> nn.Module:

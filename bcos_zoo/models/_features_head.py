@@ -9,7 +9,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from ..layers import LogitLayer, default_logit_bias
-from ..layers.bcos import kaiming_init_
+from ..layers import init_bcos_weights_
 from ._base import BcosModelMixin
 
 __all__ = ["BcosFeaturesClassifier", "ConvFactory"]
@@ -35,7 +35,7 @@ class BcosFeaturesClassifier(BcosModelMixin, nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         bias = default_logit_bias(num_classes) if logit_bias is None else logit_bias
         self.logit_layer = LogitLayer(logit_temperature, bias)
-        kaiming_init_(self)
+        init_bcos_weights_(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The ``features`` module: ``[N, in_chans, H, W] -> [N, C, H/32, W/32]``."""

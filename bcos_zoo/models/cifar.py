@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .._builder import Pretrained, build_model
 from .._registry import register_model
 from ..layers import LogitLayer, default_logit_bias
-from ..layers.bcos import kaiming_init_
+from ..layers import init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
@@ -98,7 +98,7 @@ class BcosSimple9(BcosModelMixin, nn.Module):
         self.logit_layer = LogitLayer(
             temperature, default_logit_bias(num_classes) if logit_bias is None else logit_bias
         )
-        kaiming_init_(self)
+        init_bcos_weights_(self)
 
     def _conv(self, cin: int, cout: int, i: int) -> BcosConv2dV1:
         return BcosConv2dV1(
@@ -107,7 +107,7 @@ class BcosSimple9(BcosModelMixin, nn.Module):
 
     def _new_classifier(self, num_classes: int) -> nn.Module:
         classifier = self._conv(self.num_features, num_classes, 8)
-        kaiming_init_(classifier)
+        init_bcos_weights_(classifier)
         return classifier
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from torchvision.ops import StochasticDepth
 from .._builder import Pretrained, build_model
 from .._registry import register_model
 from ..layers import BcosConv2d, LogitLayer, NormFactory, default_logit_bias, get_norm_layer
-from ..layers.bcos import kaiming_init_
+from ..layers import init_bcos_weights_
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
 
@@ -139,7 +139,7 @@ class BcosResNet(BcosModelMixin, nn.Module):
         self.fc = self._new_classifier(num_classes)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.logit_layer = LogitLayer(logit_temperature, default_logit_bias(num_classes) if logit_bias is None else logit_bias)
-        kaiming_init_(self)
+        init_bcos_weights_(self)
         if zero_init_residual:
             for m in self.modules():
                 last = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else getattr(m, "bn2", None)

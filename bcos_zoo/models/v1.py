@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .._builder import Pretrained, build_model
 from .._registry import register_model
 from ..layers import BcosConv2d, LogitLayer
-from ..layers.bcos import kaiming_init_
+from ..layers import init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
@@ -318,7 +318,7 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
         self.fc = self._new_classifier(num_classes)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.logit_layer = LogitLayer(logit_temperature, logit_bias)
-        kaiming_init_(self)
+        init_bcos_weights_(self)
 
     def _run(self, names: tuple[str, ...], x: Tensor) -> Tensor:
         for name in names:
