@@ -14,7 +14,7 @@ from torch import nn
 
 from bcos_zoo import create_model, explain
 from bcos_zoo.layers.bcos_v1 import BcosConv2dV1
-from bcos_zoo.models.cifar import BcosSimple9, v1_cifar_scale, v1_cifar_temperature
+from bcos_zoo.models.simple9 import BcosSimple9, v1_cifar_scale, v1_cifar_temperature
 
 official_resnet = pytest.importorskip("bcos.models.resnet")
 from bcos.modules import norms as N
