@@ -38,5 +38,6 @@ class StochasticDepth(nn.Module):
 
 
 def linear_drop_probs(max_p: float, total: int) -> list[float]:
-    """Drop probability of each of ``total`` blocks, growing linearly from 0 to ``max_p``: ``max_p * i / (total - 1)``."""
+    """Drop probability of each of ``total`` blocks, growing linearly from 0 for the first to
+    ``max_p`` for the last: ``max_p * i / (total - 1)``."""
     return [max_p * i / max(total - 1, 1) for i in range(total)]
