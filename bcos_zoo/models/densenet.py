@@ -130,7 +130,6 @@ class BcosDenseNet(BcosFeaturesClassifier):
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)
 
 
-
 @register_model
 def bcos_densenet121(pretrained: Pretrained = False, **kwargs: Any) -> BcosDenseNet:
     """B-cos DenseNet-121 (growth 32, blocks 6-12-24-16)."""

@@ -9,7 +9,6 @@ followed by the fixed logit bias. State-dict keys equal the official ones (``fea
 
 from __future__ import annotations
 
-
 from typing import Any
 
 from torch import nn
