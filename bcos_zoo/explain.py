@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import InputIndependentTerm, LogitLayer, explanation_mode
+from .transforms import color_channels, has_inverse
 
 __all__ = ["Explanation", "explain", "explain_topk", "gradient_to_image", "check_input", "Target"]
 
@@ -91,7 +92,7 @@ def check_input(model: nn.Module, x: Tensor) -> Tensor:
     expected = getattr(model, "in_chans", None)
     if expected is not None and x.shape[1] != expected:
         hint = ""
-        if expected == 2 * x.shape[1]:
+        if has_inverse(expected) and color_channels(expected) == x.shape[1]:
             hint = (
                 f" B-cos models take the image and its inverse [x, 1-x]: use model.transform(img) "
                 f"or bcos_zoo.AddInverse()(x) to get {expected} channels"
@@ -339,11 +340,11 @@ def gradient_to_image(
     if single:
         image, linear_mapping = image[None], linear_mapping[None]
     w = linear_mapping.detach()
-    half = w.shape[1] // 2
     contribs = (image.detach() * w).sum(1, keepdim=True)  # [B, 1, H, W]
     rgb = (w / (w.abs().amax(1, keepdim=True) + 1e-12)).clamp(min=0)
-    if w.shape[1] in (2, 6):  # image + inverse channels
-        rgb = rgb[:, :half] / (rgb[:, :half] + rgb[:, half:] + 1e-12)  # [B, k, H, W]
+    if has_inverse(w.shape[1]):  # image + inverse channels
+        k = color_channels(w.shape[1])
+        rgb = rgb[:, :k] / (rgb[:, :k] + rgb[:, k:] + 1e-12)  # [B, k, H, W]
     rgb = rgb[:, :3] if rgb.shape[1] >= 3 else rgb[:, :1].expand(-1, 3, -1, -1)
     alpha = torch.linalg.vector_norm(w, dim=1, keepdim=True)
     alpha = torch.where(contribs < 0, torch.full_like(alpha, 1e-12), alpha)

@@ -14,7 +14,8 @@ from torch import nn
 
 from bcos_zoo import create_model, explain
 from bcos_zoo.layers.bcos_v1 import BcosConv2dV1
-from bcos_zoo.models.cifar import BcosSimple9, v1_cifar_scale, v1_cifar_temperature
+from bcos_zoo.models.simple9 import BcosSimple9, v1_cifar_scale, v1_cifar_temperature
+from bcos_zoo.transforms import add_inverse
 
 official_resnet = pytest.importorskip("bcos.models.resnet")
 from bcos.modules import norms as N
@@ -69,7 +70,7 @@ def _randomise(sd: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Te
 
 def _image(batch: int = 2, size: int = 16, seed: int = 1) -> torch.Tensor:
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([x, 1 - x], 1)
+    return add_inverse(x)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, offset: float = 0.0) -> float:
@@ -169,7 +170,7 @@ def test_simple9_trains() -> None:
     templates = torch.rand(10, 1, 8, 8, generator=g)
     y = torch.arange(20) % 10
     x = (0.7 * templates[y] + 0.3 * torch.rand(20, 1, 8, 8, generator=g)).clamp(0, 1)
-    x = torch.cat([x, 1 - x], 1)
+    x = add_inverse(x)
     target = F.one_hot(y, 10).float()
     torch.manual_seed(0)
     model = create_model("bcos_simple9_cifar", in_chans=2)

@@ -113,9 +113,9 @@ def test_explanation_mode_restores_state(model: torch.nn.Module) -> None:
 
     @model.explanation_mode()
     def inside() -> bool:
-        return bcos_zoo.layers.is_in_explanation_mode(model)
+        return bcos_zoo.layers.model_in_explanation_mode(model)
 
-    assert inside() and not bcos_zoo.layers.is_in_explanation_mode(model)
+    assert inside() and not bcos_zoo.layers.model_in_explanation_mode(model)
 
 
 def test_unknown_model_and_kwargs() -> None:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 import bcos_zoo
 from bcos_zoo import CheckpointError, create_model, list_models
+from bcos_zoo.transforms import add_inverse
 
 pretrained = pytest.importorskip("bcos.models.pretrained", reason="the official bcos package is the test oracle")
 
@@ -45,7 +46,7 @@ REL_TOL = 1e-5
 def _rand_image(gen: torch.Generator, batch: int) -> Tensor:
     """A random image plus its inverse, ``[batch, 6, SIZE, SIZE]`` in [0, 1] as the models expect."""
     rgb = torch.rand(batch, 3, SIZE, SIZE, generator=gen)
-    return torch.cat([rgb, 1 - rgb], 1)
+    return add_inverse(rgb)
 
 
 @torch.no_grad()

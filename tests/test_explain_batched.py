@@ -7,6 +7,7 @@ import torch
 
 import bcos_zoo
 from bcos_zoo.explain import explain, explain_topk
+from bcos_zoo.transforms import add_inverse
 
 FIELDS = (
     "logits",
@@ -36,7 +37,7 @@ def vit():
 
 def _inputs(channels: int, size: int, batch: int = 3) -> torch.Tensor:
     x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(1))
-    return torch.cat([x, 1 - x], 1)
+    return add_inverse(x)
 
 
 @pytest.mark.parametrize("name", ["cnn", "vit"])

@@ -22,7 +22,7 @@ from bcos_zoo.layers import (
     DetachablePositionNorm2d,
     explanation_mode,
     get_norm_layer,
-    is_in_explanation_mode,
+    model_in_explanation_mode,
 )
 from bcos_zoo.layers import norms as our_norms
 
@@ -312,7 +312,7 @@ def test_explanation_mode_context_manager_restores_previous_state() -> None:
     model = _tiny_model()
     model[0].set_explanation_mode(True)  # a module that was already in explanation mode stays so
     with explanation_mode(model) as entered:
-        assert entered is model and is_in_explanation_mode(model)
+        assert entered is model and model_in_explanation_mode(model)
     assert _flags(model) == [True, False, False]
     with pytest.raises(KeyError), explanation_mode(model):
         raise KeyError("boom")
@@ -325,10 +325,10 @@ def test_explanation_mode_nested_and_reentrant() -> None:
     with ctx:
         with explanation_mode(model, active=False):
             assert _flags(model) == [False, False, False]
-        assert is_in_explanation_mode(model)
+        assert model_in_explanation_mode(model)
         with ctx:  # the same instance entered twice
-            assert is_in_explanation_mode(model)
-        assert is_in_explanation_mode(model)
+            assert model_in_explanation_mode(model)
+        assert model_in_explanation_mode(model)
     assert _flags(model) == [False, False, False]
     model[2] = BcosConv2d(4, 3, 1)  # a module swapped in after first use is switched too
     with ctx:
@@ -365,7 +365,7 @@ def test_explanation_mode_failed_entry_restores() -> None:
     assert _flags(model) == [False, False, False]
     model.eval()
     with ctx:  # still usable afterwards
-        assert is_in_explanation_mode(model)
+        assert model_in_explanation_mode(model)
     assert _flags(model) == [False, False, False]
 
 

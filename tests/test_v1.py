@@ -16,6 +16,7 @@ from bcos_zoo import create_model, explain
 from bcos_zoo.layers import BcosConv2d
 from bcos_zoo.layers.bcos_v1 import BcosConv2dV1
 from bcos_zoo.models.v1 import V1_LOGIT_BIAS
+from bcos_zoo.transforms import add_inverse
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -185,7 +186,7 @@ def test_v1_official_checkpoint_loads_strictly(tmp_path) -> None:
 
 def _image(size: int, batch: int = 2) -> torch.Tensor:
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return torch.cat([x, 1 - x], 1)
+    return add_inverse(x)
 
 
 @pytest.mark.parametrize("arch, size, kwargs", [

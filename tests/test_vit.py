@@ -15,6 +15,7 @@ import torch
 import bcos_zoo
 from bcos_zoo import create_model, explain
 from bcos_zoo.models.vit import BcosViT, PosEmbSinCos2d, StandardViT
+from bcos_zoo.transforms import add_inverse
 
 official = pytest.importorskip("bcos.models.pretrained")
 
@@ -72,7 +73,7 @@ def _input(bcos: bool, size: int = 32, batch: int = 2, seed: int = 1) -> torch.T
     if not bcos:
         return torch.randn(batch, 3, size, size, generator=g)
     x = torch.rand(batch, 3, size, size, generator=g)
-    return torch.cat([x, 1 - x], 1)
+    return add_inverse(x)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, offset: float = 0.0) -> float:

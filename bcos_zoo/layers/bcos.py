@@ -12,6 +12,8 @@ before the cosine scaling.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Union
 
 import torch
@@ -21,9 +23,15 @@ from torch.nn.modules.utils import _pair
 
 from .detach import Detachable
 
-__all__ = ["BcosConv2d", "BcosLinear", "NormedConv2d", "NormedLinear", "patch_norms", "bcos_scale"]
+__all__ = [
+    "BcosConv2d", "BcosLinear", "ConvFactory", "NormedConv2d", "NormedLinear", "bcos_conv_factory", "bcos_scale",
+    "init_bcos_weights_", "patch_norms",
+]  # fmt: skip
 
 _size_2_t = Union[int, tuple[int, int]]
+
+#: builds a conv from ``nn.Conv2d``-style arguments: ``conv(in_channels, out_channels, kernel_size=..., ...)``
+ConvFactory = Callable[..., nn.Module]
 
 CONV_NORM_EPS = 1e-6
 LINEAR_NORM_EPS = 1e-12
@@ -216,8 +224,24 @@ class BcosLinear(Detachable, nn.Module):
         return s + (f", max_out={self.max_out}" if self.max_out > 1 else "")
 
 
-def kaiming_init_(module: nn.Module) -> None:
-    """The initialisation of the official CNNs: Kaiming-normal (fan-out) convs, unit norms."""
+def bcos_conv_factory(b: float, max_out: int, conv_cls: ConvFactory = BcosConv2d, **options: float) -> ConvFactory:
+    """The conv factory a model builds all its convs with: ``conv_cls`` (default :class:`BcosConv2d`)
+    with the model's B-cos exponent ``b``, ``max_out`` and any further fixed ``options``.
+
+    Example:
+        >>> conv = bcos_conv_factory(b=2, max_out=1)
+        >>> layer = conv(64, 128, kernel_size=3, padding=1)
+    """
+    return functools.partial(conv_cls, b=b, max_out=max_out, **options)
+
+
+def init_bcos_weights_(module: nn.Module) -> None:
+    """Initialise ``module`` in place as the official B-cos CNNs do: Kaiming-normal (fan-out) conv
+    weights, norm weights 1 and biases 0.
+
+    Every model calls it at the end of its ``__init__`` and on a new classifier. With B-cos convs
+    (filters normalised in every forward pass) only the directions of the filters matter.
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -226,4 +250,3 @@ def kaiming_init_(module: nn.Module) -> None:
                 nn.init.ones_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-

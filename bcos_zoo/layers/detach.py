@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["Detachable", "InputIndependentTerm", "explanation_mode", "is_in_explanation_mode"]
+__all__ = ["Detachable", "InputIndependentTerm", "explanation_mode", "model_in_explanation_mode"]
 
 
 class Detachable:
@@ -30,6 +30,8 @@ class Detachable:
 
     @property
     def is_in_explanation_mode(self) -> bool:
+        """Whether this module (alone) is in explanation mode; see :func:`model_in_explanation_mode`
+        for a whole model."""
         return self.detach
 
 
@@ -75,7 +77,8 @@ class explanation_mode(contextlib.ContextDecorator):  # noqa: N801 (reads like a
         return False
 
 
-def is_in_explanation_mode(model: nn.Module) -> bool:
-    """True when every detachable submodule of ``model`` is in explanation mode."""
+def model_in_explanation_mode(model: nn.Module) -> bool:
+    """True when ``model`` has detachable submodules and every one of them is in explanation mode
+    (unlike the per-module property ``Detachable.is_in_explanation_mode``)."""
     flags = [m.detach for m in model.modules() if isinstance(m, Detachable)]
     return bool(flags) and all(flags)

@@ -27,6 +27,15 @@ class LogitLayer(nn.Module):
         self.logit_temperature = None if logit_temperature is None else float(logit_temperature)
         self.logit_bias = None if logit_bias is None else float(logit_bias)
 
+    @classmethod
+    def for_classes(
+        cls, num_classes: int, logit_bias: float | None = None, logit_temperature: float | None = None
+    ) -> LogitLayer:
+        """The logit layer of a ``num_classes``-way classifier: ``logit_bias`` defaults (``None``) to
+        :func:`default_logit_bias`, ``-log(C - 1)``."""
+        bias = default_logit_bias(num_classes) if logit_bias is None else logit_bias
+        return cls(logit_temperature, bias)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.logit_temperature is not None:
             x = x / self.logit_temperature

@@ -5,5 +5,5 @@ from .densenet import *  # noqa: F401,F403
 from .vgg import *  # noqa: F401,F403
 from .convnext import *  # noqa: F401,F403
 from .vit import *  # noqa: F401,F403
-from .cifar import *  # noqa: F401,F403
+from .simple9 import *  # noqa: F401,F403
 from .v1 import *  # noqa: F401,F403

@@ -8,24 +8,47 @@ import torch
 from torch import Tensor, nn
 
 from ..explain import Explanation, Target, check_input, explain
-from ..layers import LogitLayer, default_logit_bias, explanation_mode
-from ..layers.bcos import kaiming_init_
+from ..layers import ConvFactory, LogitLayer, default_logit_bias, explanation_mode, init_bcos_weights_
 
-__all__ = ["BcosModelMixin"]
+__all__ = ["BcosFeaturesClassifier", "BcosModelMixin"]
 
 
 class BcosModelMixin:
-    """Mixin for B-cos classifiers: explanation API, probabilities and the fine-tuning API.
+    """Mixin for B-cos classifiers: the classifier head, explanation API, probabilities and fine-tuning.
 
-    A family sets ``in_chans`` and ``num_classes``, owns a ``logit_layer`` and implements
-    ``get_classifier``, ``_new_classifier`` and ``get_feature_extractor``; ``_classifier_path`` names
-    the attribute holding the classifier so ``reset_classifier`` can replace it.
+    A family's ``__init__`` calls :meth:`_init_bcos` right after ``nn.Module.__init__``, builds its
+    layers with the conv factory ``self._conv`` and its classifier with ``self._new_classifier``,
+    sets ``num_features`` (channels entering the classifier) and ends with
+    ``init_bcos_weights_(self)``. It implements ``forward_features`` and ``get_feature_extractor``
+    and says where its head is: ``_head_path`` names the module applied to the features *before*
+    pooling (the classifier, or an ``nn.Sequential`` ending in it), ``_classifier_path`` the
+    classifier itself, which ``reset_classifier`` replaces.
     """
 
     in_chans: int
     num_classes: int
+    num_features: int
     logit_layer: LogitLayer
+    _conv: ConvFactory
+    _head_path: str
     _classifier_path: str
+
+    def _init_bcos(self, *, num_classes: int, in_chans: int, conv: ConvFactory, logit_bias: float | None,
+                   logit_temperature: float | None) -> None:  # fmt: skip
+        """Set what every family has: class and input-channel counts, the conv factory, the global
+        average pool and the logit layer (bias ``-log(C - 1)`` unless ``logit_bias`` is given)."""
+        self.num_classes, self.in_chans, self._conv = num_classes, in_chans, conv
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.logit_layer = LogitLayer.for_classes(num_classes, logit_bias, logit_temperature)
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Classifier (B-cos convs *before* pooling), global average pool, logit transform:
+        ``[N, num_features, h, w] -> [N, num_classes]``."""
+        head = self.get_submodule(self._head_path)  # type: ignore[attr-defined]
+        return self.logit_layer(self.avgpool(head(x)).flatten(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]
 
     def explain(self, x: Tensor, target: Target = None, **kwargs: Any) -> Explanation:
         """Explain ``target`` logits of the batch ``x``; see :func:`bcos_zoo.explain`."""
@@ -60,11 +83,32 @@ class BcosModelMixin:
         self.logit_layer.logit_bias = default_logit_bias(num_classes)
 
     def _new_classifier(self, num_classes: int) -> nn.Module:
-        """A freshly initialised 1×1 B-cos conv from ``num_features`` channels (built with the
-        family's conv factory ``_conv``) to ``num_classes``; ViTs override it."""
-        classifier = self._conv(self.num_features, num_classes, kernel_size=1)  # type: ignore[attr-defined]
-        kaiming_init_(classifier)
+        """A freshly initialised 1×1 conv (from the family's conv factory ``_conv``) from
+        ``num_features`` channels to ``num_classes``; ViTs override it."""
+        classifier = self._conv(self.num_features, num_classes, kernel_size=1)
+        init_bcos_weights_(classifier)
         return classifier
 
     def get_feature_extractor(self) -> nn.Module:
         raise NotImplementedError
+
+
+class BcosFeaturesClassifier(BcosModelMixin, nn.Module):
+    """The layout of the B-cos DenseNets, VGGs and ConvNeXts (torchvision's split): ``features``,
+    then ``classifier`` (B-cos convs applied *before* pooling), global average pool, logit layer.
+
+    A subclass builds ``self.features`` and ``self.classifier`` (whose last module is
+    ``self._new_classifier(num_classes)``; ``_classifier_path`` names it).
+    """
+
+    features: nn.Module
+    classifier: nn.Module
+    _head_path = "classifier"
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The ``features`` module: ``[N, in_chans, H, W] -> [N, C, H/32, W/32]``."""
+        return self.features(x)
+
+    def get_feature_extractor(self) -> nn.Module:
+        """The ``features`` module (no classifier, no pooling)."""
+        return self.features

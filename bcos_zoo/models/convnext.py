@@ -14,17 +14,25 @@ The released weights come with two norms: the default, a bias-free *centered* po
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
-from .._builder import Pretrained, build_model
 from .._registry import register_model
-from ..layers import BcosConv2d, DetachablePositionNorm2d, NormFactory, get_norm_layer
+from ..builder import Pretrained, build_model
+from ..layers import (
+    ConvFactory,
+    DetachablePositionNorm2d,
+    NormFactory,
+    StochasticDepth,
+    bcos_conv_factory,
+    get_norm_layer,
+    init_bcos_weights_,
+    linear_drop_probs,
+)
 from ..transforms import TransformConfig
-from ._features_head import BcosFeaturesClassifier, ConvFactory
+from ._base import BcosFeaturesClassifier
 
 __all__ = ["BcosConvNeXt", "CNBlock", "StageConfig"]
 
@@ -53,7 +61,7 @@ class CNBlock(nn.Module):
             conv(4 * dim, dim, kernel_size=1),
         )
         self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), float(layer_scale)))  # [C, 1, 1]
-        self.stochastic_depth = StochasticDepth(drop_prob, "row") if drop_prob else nn.Identity()
+        self.stochastic_depth = StochasticDepth(drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.stochastic_depth(self.layer_scale * self.block(x)) + x
@@ -96,20 +104,19 @@ class BcosConvNeXt(BcosFeaturesClassifier):
         super().__init__()
         if not stages:
             raise ValueError("stages must list at least one StageConfig")
-        self.num_classes, self.in_chans = num_classes, in_chans
-        self._conv: ConvFactory = functools.partial(BcosConv2d, b=b, max_out=max_out)
+        self._init_bcos(num_classes=num_classes, in_chans=in_chans, conv=bcos_conv_factory(b, max_out),
+                        logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
         norm = get_norm_layer(norm_layer)
         layers: list[nn.Module] = [
             self._conv(in_chans, stages[0].channels, kernel_size=4, stride=4),
             norm(stages[0].channels),
         ]
-        total_blocks, block_id = sum(s.num_blocks for s in stages), 0
+        drop_probs = iter(linear_drop_probs(stochastic_depth_prob, sum(s.num_blocks for s in stages)))
         for stage in stages:
-            blocks = []
-            for _ in range(stage.num_blocks):
-                drop_prob = stochastic_depth_prob * block_id / max(total_blocks - 1, 1)
-                blocks.append(CNBlock(stage.channels, layer_scale, drop_prob, conv=self._conv, norm=norm))
-                block_id += 1
+            blocks = [
+                CNBlock(stage.channels, layer_scale, next(drop_probs), conv=self._conv, norm=norm)
+                for _ in range(stage.num_blocks)
+            ]
             layers.append(nn.Sequential(*blocks))
             if stage.out_channels is not None:
                 down = self._conv(stage.channels, stage.out_channels, kernel_size=2, stride=2)
@@ -120,7 +127,7 @@ class BcosConvNeXt(BcosFeaturesClassifier):
         self.classifier = nn.Sequential(norm(self.num_features), self._new_classifier(num_classes))
         # Kaiming init: the official trunc_normal(std=0.02) differs only in scale, which the
         # per-forward filter normalisation of B-cos convs removes
-        self._finish(num_classes, logit_bias, logit_temperature)
+        init_bcos_weights_(self)
 
 
 TINY = [StageConfig(96, 192, 3), StageConfig(192, 384, 3), StageConfig(384, 768, 9), StageConfig(768, None, 3)]
@@ -130,35 +137,29 @@ BASE = [StageConfig(128, 256, 3), StageConfig(256, 512, 3), StageConfig(512, 102
 IMAGENET_TRANSFORM = TransformConfig(resize_size=232, crop_size=224)
 
 
-def _create(arch: str, stages: list[StageConfig], pretrained: Pretrained, kwargs: dict[str, object],
-            **defaults: object) -> BcosConvNeXt:  # fmt: skip
-    options = {**defaults, **kwargs}
-    return build_model(BcosConvNeXt, arch, pretrained, transform=IMAGENET_TRANSFORM, stages=stages, **options)
-
-
 @register_model
-def bcos_convnext_tiny(pretrained: Pretrained = False, **kwargs: object) -> BcosConvNeXt:
+def bcos_convnext_tiny(pretrained: Pretrained = False, **kwargs: Any) -> BcosConvNeXt:
     """B-cos ConvNeXt-T with (bias-free) position norms."""
-    return _create("bcos_convnext_tiny", TINY, pretrained, kwargs, stochastic_depth_prob=0.1)
+    return build_model(BcosConvNeXt, "bcos_convnext_tiny", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       stages=TINY, stochastic_depth_prob=0.1)
 
 
 @register_model
-def bcos_convnext_base(pretrained: Pretrained = False, **kwargs: object) -> BcosConvNeXt:
+def bcos_convnext_base(pretrained: Pretrained = False, **kwargs: Any) -> BcosConvNeXt:
     """B-cos ConvNeXt-B with (bias-free) position norms."""
-    return _create("bcos_convnext_base", BASE, pretrained, kwargs, stochastic_depth_prob=0.5)
+    return build_model(BcosConvNeXt, "bcos_convnext_base", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       stages=BASE, stochastic_depth_prob=0.5)
 
 
 @register_model
-def bcos_convnext_tiny_bnu(pretrained: Pretrained = False, **kwargs: object) -> BcosConvNeXt:
+def bcos_convnext_tiny_bnu(pretrained: Pretrained = False, **kwargs: Any) -> BcosConvNeXt:
     """B-cos ConvNeXt-T with bias-free uncentered batch norms."""
-    return _create(
-        "bcos_convnext_tiny_bnu", TINY, pretrained, kwargs, stochastic_depth_prob=0.1, norm_layer="bnu-linear"
-    )
+    return build_model(BcosConvNeXt, "bcos_convnext_tiny_bnu", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       stages=TINY, stochastic_depth_prob=0.1, norm_layer="bnu-linear")
 
 
 @register_model
-def bcos_convnext_base_bnu(pretrained: Pretrained = False, **kwargs: object) -> BcosConvNeXt:
+def bcos_convnext_base_bnu(pretrained: Pretrained = False, **kwargs: Any) -> BcosConvNeXt:
     """B-cos ConvNeXt-B with bias-free uncentered batch norms."""
-    return _create(
-        "bcos_convnext_base_bnu", BASE, pretrained, kwargs, stochastic_depth_prob=0.5, norm_layer="bnu-linear"
-    )
+    return build_model(BcosConvNeXt, "bcos_convnext_base_bnu", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       stages=BASE, stochastic_depth_prob=0.5, norm_layer="bnu-linear")

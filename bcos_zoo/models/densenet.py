@@ -9,17 +9,17 @@ followed by the fixed logit bias. State-dict keys equal the official ones
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._builder import Pretrained, build_model
 from .._registry import register_model
-from ..layers import BcosConv2d, NormFactory, get_norm_layer
+from ..builder import Pretrained, build_model
+from ..layers import ConvFactory, NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig
-from ._features_head import BcosFeaturesClassifier, ConvFactory
+from ._base import BcosFeaturesClassifier
 
 __all__ = ["BcosDenseNet", "DenseBlock", "DenseLayer", "Transition"]
 
@@ -101,8 +101,8 @@ class BcosDenseNet(BcosFeaturesClassifier):
         logit_temperature: float | None = None,
     ) -> None:
         super().__init__()
-        self.num_classes, self.in_chans = num_classes, in_chans
-        self._conv: ConvFactory = functools.partial(BcosConv2d, b=b, max_out=max_out)
+        self._init_bcos(num_classes=num_classes, in_chans=in_chans, conv=bcos_conv_factory(b, max_out),
+                        logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
         norm = get_norm_layer(norm_layer)
         self.features = nn.Sequential(
             OrderedDict(
@@ -124,39 +124,35 @@ class BcosDenseNet(BcosFeaturesClassifier):
         self.features.add_module("norm5", norm(channels))
         self.num_features = channels
         self.classifier = self._new_classifier(num_classes)
-        self._finish(num_classes, logit_bias, logit_temperature)
+        init_bcos_weights_(self)
 
 
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)
 
 
-def _create(arch: str, growth_rate: int, block_config: tuple[int, ...], num_init_features: int,
-            pretrained: Pretrained, **kwargs: object) -> BcosDenseNet:  # fmt: skip
-    return build_model(
-        BcosDenseNet, arch, pretrained, transform=IMAGENET_TRANSFORM, growth_rate=growth_rate,
-        block_config=block_config, num_init_features=num_init_features, **kwargs,
-    )  # fmt: skip
-
-
 @register_model
-def bcos_densenet121(pretrained: Pretrained = False, **kwargs: object) -> BcosDenseNet:
+def bcos_densenet121(pretrained: Pretrained = False, **kwargs: Any) -> BcosDenseNet:
     """B-cos DenseNet-121 (growth 32, blocks 6-12-24-16)."""
-    return _create("bcos_densenet121", 32, (6, 12, 24, 16), 64, pretrained, **kwargs)
+    return build_model(BcosDenseNet, "bcos_densenet121", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64)
 
 
 @register_model
-def bcos_densenet161(pretrained: Pretrained = False, **kwargs: object) -> BcosDenseNet:
+def bcos_densenet161(pretrained: Pretrained = False, **kwargs: Any) -> BcosDenseNet:
     """B-cos DenseNet-161 (growth 48, blocks 6-12-36-24, 96 stem channels)."""
-    return _create("bcos_densenet161", 48, (6, 12, 36, 24), 96, pretrained, **kwargs)
+    return build_model(BcosDenseNet, "bcos_densenet161", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       growth_rate=48, block_config=(6, 12, 36, 24), num_init_features=96)
 
 
 @register_model
-def bcos_densenet169(pretrained: Pretrained = False, **kwargs: object) -> BcosDenseNet:
+def bcos_densenet169(pretrained: Pretrained = False, **kwargs: Any) -> BcosDenseNet:
     """B-cos DenseNet-169 (growth 32, blocks 6-12-32-32)."""
-    return _create("bcos_densenet169", 32, (6, 12, 32, 32), 64, pretrained, **kwargs)
+    return build_model(BcosDenseNet, "bcos_densenet169", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       growth_rate=32, block_config=(6, 12, 32, 32), num_init_features=64)
 
 
 @register_model
-def bcos_densenet201(pretrained: Pretrained = False, **kwargs: object) -> BcosDenseNet:
+def bcos_densenet201(pretrained: Pretrained = False, **kwargs: Any) -> BcosDenseNet:
     """B-cos DenseNet-201 (growth 32, blocks 6-12-48-32)."""
-    return _create("bcos_densenet201", 32, (6, 12, 48, 32), 64, pretrained, **kwargs)
+    return build_model(BcosDenseNet, "bcos_densenet201", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       growth_rate=32, block_config=(6, 12, 48, 32), num_init_features=64)

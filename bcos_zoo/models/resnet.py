@@ -8,22 +8,26 @@ followed by the fixed logit bias. State-dict keys equal the official ones.
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Union
+from collections.abc import Iterator
+from typing import Any, Union
 
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
-from .._builder import Pretrained, build_model
 from .._registry import register_model
-from ..layers import BcosConv2d, LogitLayer, NormFactory, default_logit_bias, get_norm_layer
-from ..layers.bcos import kaiming_init_
+from ..builder import Pretrained, build_model
+from ..layers import (
+    ConvFactory,
+    NormFactory,
+    StochasticDepth,
+    bcos_conv_factory,
+    get_norm_layer,
+    init_bcos_weights_,
+    linear_drop_probs,
+)
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
 
 __all__ = ["BcosResNet", "BasicBlock", "Bottleneck"]
-
-ConvFactory = Callable[..., nn.Module]
 
 
 class BasicBlock(nn.Module):
@@ -41,7 +45,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv(planes, planes, kernel_size=3, padding=1)
         self.bn2 = norm(planes)
         self.downsample = downsample
-        self.stochastic_depth = StochasticDepth(drop_prob, "row") if drop_prob else nn.Identity()
+        self.stochastic_depth = StochasticDepth(drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -65,7 +69,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv(width, planes * self.expansion, kernel_size=1)
         self.bn3 = norm(planes * self.expansion)
         self.downsample = downsample
-        self.stochastic_depth = StochasticDepth(drop_prob, "row") if drop_prob else nn.Identity()
+        self.stochastic_depth = StochasticDepth(drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -94,7 +98,7 @@ class BcosResNet(BcosModelMixin, nn.Module):
         zero_init_residual: zero the last norm weight of each residual branch.
     """
 
-    _classifier_path = "fc"
+    _classifier_path = _head_path = "fc"
 
     def __init__(
         self,
@@ -118,8 +122,8 @@ class BcosResNet(BcosModelMixin, nn.Module):
         super().__init__()
         if len(layers) not in (3, 4):
             raise ValueError(f"layers must list 3 or 4 stages, got {layers}")
-        self.num_classes, self.in_chans = num_classes, in_chans
-        self._conv: ConvFactory = functools.partial(BcosConv2d, b=b, max_out=max_out)
+        self._init_bcos(num_classes=num_classes, in_chans=in_chans, conv=bcos_conv_factory(b, max_out),
+                        logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
         self._norm = get_norm_layer(norm_layer)
         self._block, self._groups, self._base_width = block, groups, width_per_group
         self.inplanes = inplanes
@@ -129,35 +133,34 @@ class BcosResNet(BcosModelMixin, nn.Module):
             self.conv1 = self._conv(in_chans, inplanes, kernel_size=7, stride=2, padding=3)
         self.bn1 = self._norm(inplanes)
         self.pool = nn.Identity() if small_inputs else nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
-        drop_probs = _linear_drop_probs(stochastic_depth_prob, sum(layers))
+        drop_probs = iter(linear_drop_probs(stochastic_depth_prob, sum(layers)))
         for i, n_blocks in enumerate(layers):
-            stage = self._make_stage(inplanes * 2**i, n_blocks, 1 if i == 0 else 2, drop_probs[: n_blocks])
-            drop_probs = drop_probs[n_blocks:]
-            setattr(self, f"layer{i + 1}", stage)
+            setattr(self, f"layer{i + 1}", self._make_stage(inplanes * 2**i, n_blocks, 1 if i == 0 else 2, drop_probs))
         self.layer4 = getattr(self, "layer4", None)
         self.num_features = self.inplanes
         self.fc = self._new_classifier(num_classes)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.logit_layer = LogitLayer(logit_temperature, default_logit_bias(num_classes) if logit_bias is None else logit_bias)
-        kaiming_init_(self)
+        init_bcos_weights_(self)
         if zero_init_residual:
             for m in self.modules():
                 last = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else getattr(m, "bn2", None)
                 if isinstance(m, (BasicBlock, Bottleneck)) and getattr(last, "weight", None) is not None:
                     nn.init.zeros_(last.weight)
 
-    def _make_stage(self, planes: int, blocks: int, stride: int, drop_probs: list[float]) -> nn.Sequential:
+    def _make_stage(self, planes: int, blocks: int, stride: int, drop_probs: Iterator[float]) -> nn.Sequential:
+        """``blocks`` blocks of width ``planes`` (the first strided and projected if needed), taking
+        their stochastic-depth probabilities from ``drop_probs``."""
         out_ch = planes * self._block.expansion
         downsample = None
         if stride != 1 or self.inplanes != out_ch:
-            downsample = nn.Sequential(self._conv(self.inplanes, out_ch, kernel_size=1, stride=stride), self._norm(out_ch))
+            projection = self._conv(self.inplanes, out_ch, kernel_size=1, stride=stride)
+            downsample = nn.Sequential(projection, self._norm(out_ch))
         stage = []
         for i in range(blocks):
             stage.append(
                 self._block(
                     self.inplanes, planes, stride if i == 0 else 1, downsample if i == 0 else None,
                     groups=self._groups, base_width=self._base_width, conv=self._conv, norm=self._norm,
-                    drop_prob=drop_probs[i],
+                    drop_prob=next(drop_probs),
                 )  # fmt: skip
             )
             self.inplanes = out_ch
@@ -169,97 +172,87 @@ class BcosResNet(BcosModelMixin, nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return x if self.layer4 is None else self.layer4(x)
 
-    def forward_head(self, x: Tensor) -> Tensor:
-        """1×1 B-cos classifier, global average pool, logit bias: ``-> [N, num_classes]``."""
-        return self.logit_layer(self.avgpool(self.fc(x)).flatten(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
     def get_feature_extractor(self) -> nn.Module:
         """A new ``nn.Sequential`` of stem and stages sharing this model's modules."""
         stages = [self.layer1, self.layer2, self.layer3] + ([self.layer4] if self.layer4 is not None else [])
         return nn.Sequential(self.conv1, self.bn1, self.pool, *stages)
 
 
-def _linear_drop_probs(p: float, total: int) -> list[float]:
-    """Stochastic depth "row" probability of each block: ``p * i / (total - 1)``."""
-    return [p * i / max(total - 1, 1) for i in range(total)]
-
-
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)
 CIFAR_TRANSFORM = TransformConfig(resize_size=None, crop_size=None)
 
-
-def _create(arch: str, block: Block, layers: list[int], pretrained: Pretrained, transform: TransformConfig,
-            **kwargs: object) -> BcosResNet:  # fmt: skip
-    return build_model(BcosResNet, arch, pretrained, transform=transform, block=block, layers=layers, **kwargs)
+#: the CIFAR-style ResNets of the B-cos paper's ablations: 3 stages of 16/32/64 channels, 3×3 stem,
+#: 10 classes, MaxOut 2 and no norm unless ``max_out`` / ``norm_layer`` say otherwise
+CIFAR_DEFAULTS: dict[str, Any] = dict(
+    block=BasicBlock, num_classes=10, inplanes=16, small_inputs=True, max_out=2, norm_layer="none"
+)
 
 
 @register_model
-def bcos_resnet18(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet18(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-18 (ImageNet layout)."""
-    return _create("bcos_resnet18", BasicBlock, [2, 2, 2, 2], pretrained, IMAGENET_TRANSFORM, **kwargs)
+    return build_model(BcosResNet, "bcos_resnet18", pretrained, kwargs, transform=IMAGENET_TRANSFORM, block=BasicBlock,
+                       layers=[2, 2, 2, 2])
 
 
 @register_model
-def bcos_resnet34(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet34(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-34 (ImageNet layout)."""
-    return _create("bcos_resnet34", BasicBlock, [3, 4, 6, 3], pretrained, IMAGENET_TRANSFORM, **kwargs)
+    return build_model(BcosResNet, "bcos_resnet34", pretrained, kwargs, transform=IMAGENET_TRANSFORM, block=BasicBlock,
+                       layers=[3, 4, 6, 3])
 
 
 @register_model
-def bcos_resnet50(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet50(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-50 (ImageNet layout)."""
-    return _create("bcos_resnet50", Bottleneck, [3, 4, 6, 3], pretrained, IMAGENET_TRANSFORM, **kwargs)
+    return build_model(BcosResNet, "bcos_resnet50", pretrained, kwargs, transform=IMAGENET_TRANSFORM, block=Bottleneck,
+                       layers=[3, 4, 6, 3])
 
 
 @register_model
-def bcos_resnet101(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet101(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-101 (ImageNet layout)."""
-    return _create("bcos_resnet101", Bottleneck, [3, 4, 23, 3], pretrained, IMAGENET_TRANSFORM, **kwargs)
+    return build_model(BcosResNet, "bcos_resnet101", pretrained, kwargs, transform=IMAGENET_TRANSFORM, block=Bottleneck,
+                       layers=[3, 4, 23, 3])
 
 
 @register_model
-def bcos_resnet152(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet152(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-152 (ImageNet layout)."""
-    return _create("bcos_resnet152", Bottleneck, [3, 8, 36, 3], pretrained, IMAGENET_TRANSFORM, **kwargs)
+    return build_model(BcosResNet, "bcos_resnet152", pretrained, kwargs, transform=IMAGENET_TRANSFORM, block=Bottleneck,
+                       layers=[3, 8, 36, 3])
 
 
 @register_model
-def bcos_resnext50_32x4d(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnext50_32x4d(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNeXt-50 32×4d (ImageNet layout)."""
-    kwargs = {"groups": 32, "width_per_group": 4, **kwargs}
-    return _create("bcos_resnext50_32x4d", Bottleneck, [3, 4, 6, 3], pretrained, IMAGENET_TRANSFORM, **kwargs)
-
-
-def _create_cifar(arch: str, depth: int, pretrained: Pretrained, kwargs: dict[str, object]) -> BcosResNet:
-    """CIFAR-style ResNet of the B-cos paper's ablations: 3 stages of 16/32/64 channels, 3×3 stem,
-    10 classes, MaxOut 2 and no norm unless ``max_out`` / ``norm_layer`` say otherwise."""
-    n = (depth - 2) // 6
-    defaults: dict[str, object] = dict(num_classes=10, inplanes=16, small_inputs=True, max_out=2, norm_layer="none")
-    return _create(arch, BasicBlock, [n] * 3, pretrained, CIFAR_TRANSFORM, **{**defaults, **kwargs})
+    return build_model(BcosResNet, "bcos_resnext50_32x4d", pretrained, kwargs, transform=IMAGENET_TRANSFORM,
+                       block=Bottleneck, layers=[3, 4, 6, 3], groups=32, width_per_group=4)
 
 
 @register_model
-def bcos_resnet20_cifar(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet20_cifar(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-20 for small (e.g. 32×32) inputs."""
-    return _create_cifar("bcos_resnet20_cifar", 20, pretrained, kwargs)
+    return build_model(BcosResNet, "bcos_resnet20_cifar", pretrained, kwargs, transform=CIFAR_TRANSFORM, layers=[3] * 3,
+                       **CIFAR_DEFAULTS)
 
 
 @register_model
-def bcos_resnet32_cifar(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet32_cifar(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-32 for small inputs."""
-    return _create_cifar("bcos_resnet32_cifar", 32, pretrained, kwargs)
+    return build_model(BcosResNet, "bcos_resnet32_cifar", pretrained, kwargs, transform=CIFAR_TRANSFORM, layers=[5] * 3,
+                       **CIFAR_DEFAULTS)
 
 
 @register_model
-def bcos_resnet44_cifar(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet44_cifar(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-44 for small inputs."""
-    return _create_cifar("bcos_resnet44_cifar", 44, pretrained, kwargs)
+    return build_model(BcosResNet, "bcos_resnet44_cifar", pretrained, kwargs, transform=CIFAR_TRANSFORM, layers=[7] * 3,
+                       **CIFAR_DEFAULTS)
 
 
 @register_model
-def bcos_resnet56_cifar(pretrained: Pretrained = False, **kwargs: object) -> BcosResNet:
+def bcos_resnet56_cifar(pretrained: Pretrained = False, **kwargs: Any) -> BcosResNet:
     """B-cos ResNet-56 for small inputs."""
-    return _create_cifar("bcos_resnet56_cifar", 56, pretrained, kwargs)
+    return build_model(BcosResNet, "bcos_resnet56_cifar", pretrained, kwargs, transform=CIFAR_TRANSFORM, layers=[9] * 3,
+                       **CIFAR_DEFAULTS)

@@ -25,20 +25,18 @@ Architecture details the v1 description leaves open, decided here:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._builder import Pretrained, build_model
 from .._registry import register_model
-from ..layers import BcosConv2d, LogitLayer
-from ..layers.bcos import kaiming_init_
+from ..builder import Pretrained, build_model
+from ..layers import BcosConv2d, ConvFactory, bcos_conv_factory, init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
@@ -154,9 +152,6 @@ class Branch:
     convs: tuple[ConvSpec, ...] = ()
     split: tuple[ConvSpec, ...] = ()
     pool: tuple[int, int, int] | None = None
-
-
-ConvFactory = Callable[..., nn.Module]
 
 
 def _basic_conv(conv: ConvFactory, spec: ConvSpec) -> nn.Module:
@@ -291,17 +286,19 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
         in_chans: input channels (6 = RGB + inverse).
         b, max_out: B-cos exponent and MaxOut of every conv.
         aux_logits: build the auxiliary classifier (needed to load the v1 checkpoint strictly).
-        logit_bias, logit_temperature: the fixed logit transform.
+        logit_bias, logit_temperature: the fixed logit transform (``None`` bias: ``-log(num_classes - 1)``).
     """
 
-    _classifier_path = "fc"
+    _classifier_path = _head_path = "fc"
     scale_fact = 200.0
 
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 6, b: float = 2, max_out: int = 2,
                  aux_logits: bool = True, logit_bias: float = V1_LOGIT_BIAS, logit_temperature: float = 1.0) -> None:  # fmt: skip
         super().__init__()
-        self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, 2048
-        self._conv = functools.partial(BcosConv2dV1, b=b, max_out=max_out, scale_fact=self.scale_fact)
+        self._init_bcos(num_classes=num_classes, in_chans=in_chans,
+                        conv=bcos_conv_factory(b, max_out, BcosConv2dV1, scale_fact=self.scale_fact),
+                        logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
+        self.num_features = 2048
         stem = [("Conv2d_1a_3x3", in_chans, 32, 3, 2, 0), ("Conv2d_2a_3x3", 32, 32, 3, 1, 0),
                 ("Conv2d_2b_3x3", 32, 64, 3, 1, 1), ("Conv2d_3b_1x1", 64, 80, 1, 1, 0), ("Conv2d_4a_3x3", 80, 192, 3, 1, 0)]  # fmt: skip
         for spec in stem:
@@ -316,9 +313,7 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
             self.add_module(name, InceptionBlock(branches, self._conv))
         self.AuxLogits = InceptionAux(768, num_classes, self._conv) if aux_logits else None
         self.fc = self._new_classifier(num_classes)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.logit_layer = LogitLayer(logit_temperature, logit_bias)
-        kaiming_init_(self)
+        init_bcos_weights_(self)
 
     def _run(self, names: tuple[str, ...], x: Tensor) -> Tensor:
         for name in names:
@@ -328,13 +323,6 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """``[N, in_chans, 299, 299] -> [N, 2048, 8, 8]``."""
         return self._run(_INCEPTION_LATE, self._run(_INCEPTION_EARLY, x))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        """1×1 B-cos classifier, global average pool, logit transform: ``-> [N, num_classes]``."""
-        return self.logit_layer(self.avgpool(self.fc(x)).flatten(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Main logits and the raw auxiliary logits (v1 trained them with BCE, weight 0.5)."""
@@ -349,29 +337,26 @@ V1_INCEPTION_TRANSFORM = TransformConfig(resize_size=320, crop_size=299)
 
 
 @register_model
-def bcos_v1_resnet34(pretrained: Pretrained = False, **kwargs: object) -> BcosV1ResNet:
+def bcos_v1_resnet34(pretrained: Pretrained = False, **kwargs: Any) -> BcosV1ResNet:
     """B-cos v1 ResNet-34 (CVPR 2022)."""
-    return build_model(
-        BcosV1ResNet, "bcos_v1_resnet34", pretrained, transform=V1_TRANSFORM, layers=[3, 4, 6, 3], **kwargs
-    )
+    return build_model(BcosV1ResNet, "bcos_v1_resnet34", pretrained, kwargs, transform=V1_TRANSFORM,
+                       layers=[3, 4, 6, 3])
 
 
 @register_model
-def bcos_v1_densenet121(pretrained: Pretrained = False, **kwargs: object) -> BcosV1DenseNet:
+def bcos_v1_densenet121(pretrained: Pretrained = False, **kwargs: Any) -> BcosV1DenseNet:
     """B-cos v1 DenseNet-121 (CVPR 2022)."""
-    kwargs = {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64, **kwargs}
-    return build_model(BcosV1DenseNet, "bcos_v1_densenet121", pretrained, transform=V1_TRANSFORM, **kwargs)
+    return build_model(BcosV1DenseNet, "bcos_v1_densenet121", pretrained, kwargs, transform=V1_TRANSFORM,
+                       growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64)
 
 
 @register_model
-def bcos_v1_vgg11(pretrained: Pretrained = False, **kwargs: object) -> BcosV1VGG:
+def bcos_v1_vgg11(pretrained: Pretrained = False, **kwargs: Any) -> BcosV1VGG:
     """B-cos v1 VGG-11 (CVPR 2022)."""
-    return build_model(BcosV1VGG, "bcos_v1_vgg11", pretrained, transform=V1_TRANSFORM, cfg=VGG11, **kwargs)
+    return build_model(BcosV1VGG, "bcos_v1_vgg11", pretrained, kwargs, transform=V1_TRANSFORM, cfg=VGG11)
 
 
 @register_model
-def bcos_v1_inception_v3(pretrained: Pretrained = False, **kwargs: object) -> BcosV1InceptionV3:
+def bcos_v1_inception_v3(pretrained: Pretrained = False, **kwargs: Any) -> BcosV1InceptionV3:
     """B-cos v1 Inception-v3 (CVPR 2022), 299 px input."""
-    return build_model(
-        BcosV1InceptionV3, "bcos_v1_inception_v3", pretrained, transform=V1_INCEPTION_TRANSFORM, **kwargs
-    )
+    return build_model(BcosV1InceptionV3, "bcos_v1_inception_v3", pretrained, kwargs, transform=V1_INCEPTION_TRANSFORM)

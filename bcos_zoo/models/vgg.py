@@ -9,15 +9,15 @@ followed by the fixed logit bias. State-dict keys equal the official ones (``fea
 
 from __future__ import annotations
 
-import functools
+from typing import Any
 
 from torch import nn
 
-from .._builder import Pretrained, build_model
 from .._registry import register_model
-from ..layers import BcosConv2d, NormFactory, get_norm_layer
+from ..builder import Pretrained, build_model
+from ..layers import NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig
-from ._features_head import BcosFeaturesClassifier, ConvFactory
+from ._base import BcosFeaturesClassifier
 
 __all__ = ["BcosVGG"]
 
@@ -61,8 +61,8 @@ class BcosVGG(BcosFeaturesClassifier):
         hidden_features: int = 4096,
     ) -> None:
         super().__init__()
-        self.num_classes, self.in_chans = num_classes, in_chans
-        self._conv: ConvFactory = functools.partial(BcosConv2d, b=b, max_out=max_out)
+        self._init_bcos(num_classes=num_classes, in_chans=in_chans, conv=bcos_conv_factory(b, max_out),
+                        logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
         norm = get_norm_layer(norm_layer)
         layers: list[nn.Module] = []
         channels = in_chans
@@ -79,13 +79,13 @@ class BcosVGG(BcosFeaturesClassifier):
             self._conv(hidden_features, hidden_features, kernel_size=1),
             self._new_classifier(num_classes),
         )
-        self._finish(num_classes, logit_bias, logit_temperature)
+        init_bcos_weights_(self)
 
 
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)
 
 
 @register_model
-def bcos_vgg11_bnu(pretrained: Pretrained = False, **kwargs: object) -> BcosVGG:
+def bcos_vgg11_bnu(pretrained: Pretrained = False, **kwargs: Any) -> BcosVGG:
     """B-cos VGG-11 with (bias-free uncentered) batch norms after every conv."""
-    return build_model(BcosVGG, "bcos_vgg11_bnu", pretrained, transform=IMAGENET_TRANSFORM, cfg=VGG11, **kwargs)
+    return build_model(BcosVGG, "bcos_vgg11_bnu", pretrained, kwargs, transform=IMAGENET_TRANSFORM, cfg=VGG11)

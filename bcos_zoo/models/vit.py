@@ -21,8 +21,9 @@ Checkpoints: our keys equal the official ones, except that the official B-cos Vi
 ``0.`` (they are ``BcosSequential(vit, LogitLayer)``); :meth:`BcosViT.convert_state_dict` and
 :meth:`BcosViT.to_official_state_dict` map between the two.
 
-The architecture is a :class:`ViTConfig`; keyword arguments of the entrypoints that name one of its
-fields (``depth``, ``image_size``, ...) override it. ``image_size`` is the input resolution (224
+The architecture is a :class:`ViTConfig`, whose fields are the first arguments of the model classes:
+the entrypoints pass an architecture's fields as family defaults, so keyword arguments naming one of
+them (``depth``, ``image_size``, ...) override it. ``image_size`` is the input resolution (224
 for every model, also ``vitc``, where the official code gives the 14×14 token grid instead). It is
 only checked for divisibility: the positional embedding is computed for the grid of the actual
 input, so any size divisible by the total stride (16) works. Stem convs have stride 2 when they
@@ -35,23 +36,25 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._builder import Pretrained, build_model
 from .._registry import register_model
+from ..builder import Pretrained, build_model
 from ..layers import (
-    BcosConv2d,
     BcosLinear,
+    ConvFactory,
     Detachable,
     DetachableGNLayerNorm2d,
     DetachableLayerNorm,
     InputIndependentTerm,
     LogitLayer,
-    default_logit_bias,
+    bcos_conv_factory,
 )
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
@@ -70,7 +73,7 @@ class ViTLayers:
 
     linear: Callable[..., nn.Module]
     norm: Callable[[int], nn.Module]
-    conv: Callable[..., nn.Module]
+    conv: ConvFactory
     norm2d: Callable[[int], nn.Module]
     act: Callable[[], nn.Module]
 
@@ -79,7 +82,7 @@ class ViTLayers:
         return cls(
             linear=functools.partial(BcosLinear, b=b, max_out=max_out),
             norm=functools.partial(DetachableLayerNorm, bias=False),
-            conv=functools.partial(BcosConv2d, b=b, max_out=max_out),
+            conv=bcos_conv_factory(b, max_out),
             norm2d=functools.partial(DetachableGNLayerNorm2d, bias=False),
             act=nn.Identity,
         )
@@ -266,10 +269,11 @@ class _SimpleViT(nn.Module):
 
 
 class BcosViT(WrappedCheckpointMixin, BcosModelMixin, _SimpleViT):
-    """B-cos Simple ViT (ViT-C if ``config.conv_stem`` is set).
+    """B-cos Simple ViT (ViT-C if ``conv_stem`` is set).
 
     Args:
-        config: the transformer's shape.
+        patch_size, dim, depth, heads, mlp_dim, conv_stem, image_size: the transformer's shape
+            (see :class:`ViTConfig`).
         num_classes: classes; the logit bias defaults to ``-log(num_classes - 1)``.
         in_chans: input channels (6 = RGB + inverse).
         b, max_out: B-cos exponent and MaxOut of every B-cos layer.
@@ -278,25 +282,34 @@ class BcosViT(WrappedCheckpointMixin, BcosModelMixin, _SimpleViT):
 
     _classifier_path = "linear_head.linear"
 
-    def __init__(self, config: ViTConfig, *, num_classes: int = 1000, in_chans: int = 6, b: float = 2, max_out: int = 1,
+    def __init__(self, patch_size: int, dim: int, depth: int, heads: int, mlp_dim: int, conv_stem: Sequence[int] = (),
+                 image_size: int = 224, *, num_classes: int = 1000, in_chans: int = 6, b: float = 2, max_out: int = 1,
                  logit_bias: float | None = None, logit_temperature: float | None = None) -> None:  # fmt: skip
+        config = ViTConfig(patch_size, dim, depth, heads, mlp_dim, tuple(conv_stem), image_size)
         layers = ViTLayers.bcos(b, max_out)
         super().__init__(config, layers, num_classes=num_classes, in_chans=in_chans)
         self._layers = layers
-        bias = default_logit_bias(num_classes) if logit_bias is None else logit_bias
-        self.logit_layer = LogitLayer(logit_temperature, bias)
+        self.logit_layer = LogitLayer.for_classes(num_classes, logit_bias, logit_temperature)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.logit_layer(super().forward(x))
+    def forward_head(self, tokens: Tensor) -> Tensor:
+        """Mean over tokens, norm, B-cos linear classifier, logit transform: ``[B, N, dim] -> [B, num_classes]``."""
+        return self.logit_layer(_SimpleViT.forward_head(self, tokens))
 
     def _new_classifier(self, num_classes: int) -> nn.Module:
         return self._layers.linear(self.num_features, num_classes)
 
 
 class StandardViT(_SimpleViT):
-    """Standard (non-B-cos) Simple ViT baseline (ImageNet-normalised RGB input)."""
+    """Standard (non-B-cos) Simple ViT baseline (ImageNet-normalised RGB input).
 
-    def __init__(self, config: ViTConfig, *, num_classes: int = 1000, in_chans: int = 3) -> None:
+    Args:
+        patch_size, dim, depth, heads, mlp_dim, conv_stem, image_size: see :class:`ViTConfig`.
+        num_classes, in_chans: classes and input channels.
+    """
+
+    def __init__(self, patch_size: int, dim: int, depth: int, heads: int, mlp_dim: int, conv_stem: Sequence[int] = (),
+                 image_size: int = 224, *, num_classes: int = 1000, in_chans: int = 3) -> None:  # fmt: skip
+        config = ViTConfig(patch_size, dim, depth, heads, mlp_dim, tuple(conv_stem), image_size)
         super().__init__(config, ViTLayers.standard(), num_classes=num_classes, in_chans=in_chans)
 
 
@@ -315,7 +328,6 @@ _CONFIGS: dict[str, ViTConfig] = {
     **{f"simple_vit_{s}_patch16_224": _vit(s, 16, 14 if s == "l" else 12) for s in _WIDTHS},
     **{f"vitc_{s}_patch1_14": _vit(s, 1, 13 if s == "l" else 11, _STEMS[s]) for s in _WIDTHS},
 }
-_CONFIG_FIELDS = {f.name for f in fields(ViTConfig)}
 
 
 BCOS_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)
@@ -324,106 +336,103 @@ STANDARD_TRANSFORM = TransformConfig(
 )
 
 
-def _create(arch: str, pretrained: Pretrained, kwargs: dict[str, object]) -> nn.Module:
-    """Build ``arch``; keyword arguments naming a :class:`ViTConfig` field (``depth``, ``image_size``, ...)
-    override the architecture's config, the others go to the model class."""
-    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in _CONFIG_FIELDS}
-    config = replace(_CONFIGS[arch.split("_", 1)[1]], **overrides)
+def _build_vit(arch: str, pretrained: Pretrained, kwargs: dict[str, Any]) -> nn.Module:
+    """Build ``arch`` (``bcos_*`` or ``standard_*``) with its :data:`_CONFIGS` fields as family defaults."""
     cls, transform = (BcosViT, BCOS_TRANSFORM) if arch.startswith("bcos_") else (StandardViT, STANDARD_TRANSFORM)
-    return build_model(cls, arch, pretrained, transform=transform, config=config, **kwargs)
+    return build_model(cls, arch, pretrained, kwargs, transform=transform, **asdict(_CONFIGS[arch.split("_", 1)[1]]))
 
 
 @register_model
-def bcos_simple_vit_ti_patch16_224(pretrained: Pretrained = False, **kwargs: object) -> BcosViT:
+def bcos_simple_vit_ti_patch16_224(pretrained: Pretrained = False, **kwargs: Any) -> BcosViT:
     """B-cos ViT-Ti/16 (dim 192, depth 12, 3 heads)."""
-    return _create("bcos_simple_vit_ti_patch16_224", pretrained, kwargs)
+    return _build_vit("bcos_simple_vit_ti_patch16_224", pretrained, kwargs)
 
 
 @register_model
-def bcos_simple_vit_s_patch16_224(pretrained: Pretrained = False, **kwargs: object) -> BcosViT:
+def bcos_simple_vit_s_patch16_224(pretrained: Pretrained = False, **kwargs: Any) -> BcosViT:
     """B-cos ViT-S/16 (dim 384, depth 12, 6 heads)."""
-    return _create("bcos_simple_vit_s_patch16_224", pretrained, kwargs)
+    return _build_vit("bcos_simple_vit_s_patch16_224", pretrained, kwargs)
 
 
 @register_model
-def bcos_simple_vit_b_patch16_224(pretrained: Pretrained = False, **kwargs: object) -> BcosViT:
+def bcos_simple_vit_b_patch16_224(pretrained: Pretrained = False, **kwargs: Any) -> BcosViT:
     """B-cos ViT-B/16 (dim 768, depth 12, 12 heads)."""
-    return _create("bcos_simple_vit_b_patch16_224", pretrained, kwargs)
+    return _build_vit("bcos_simple_vit_b_patch16_224", pretrained, kwargs)
 
 
 @register_model
-def bcos_simple_vit_l_patch16_224(pretrained: Pretrained = False, **kwargs: object) -> BcosViT:
+def bcos_simple_vit_l_patch16_224(pretrained: Pretrained = False, **kwargs: Any) -> BcosViT:
     """B-cos ViT-L/16 (dim 1024, depth 14, 16 heads)."""
-    return _create("bcos_simple_vit_l_patch16_224", pretrained, kwargs)
+    return _build_vit("bcos_simple_vit_l_patch16_224", pretrained, kwargs)
 
 
 @register_model
-def bcos_vitc_ti_patch1_14(pretrained: Pretrained = False, **kwargs: object) -> BcosViT:
+def bcos_vitc_ti_patch1_14(pretrained: Pretrained = False, **kwargs: Any) -> BcosViT:
     """B-cos ViT-C-Ti: 4-conv stem (to 14×14 at 224 px), dim 192, depth 11."""
-    return _create("bcos_vitc_ti_patch1_14", pretrained, kwargs)
+    return _build_vit("bcos_vitc_ti_patch1_14", pretrained, kwargs)
 
 
 @register_model
-def bcos_vitc_s_patch1_14(pretrained: Pretrained = False, **kwargs: object) -> BcosViT:
+def bcos_vitc_s_patch1_14(pretrained: Pretrained = False, **kwargs: Any) -> BcosViT:
     """B-cos ViT-C-S: 4-conv stem, dim 384, depth 11."""
-    return _create("bcos_vitc_s_patch1_14", pretrained, kwargs)
+    return _build_vit("bcos_vitc_s_patch1_14", pretrained, kwargs)
 
 
 @register_model
-def bcos_vitc_b_patch1_14(pretrained: Pretrained = False, **kwargs: object) -> BcosViT:
+def bcos_vitc_b_patch1_14(pretrained: Pretrained = False, **kwargs: Any) -> BcosViT:
     """B-cos ViT-C-B: 6-conv stem, dim 768, depth 11."""
-    return _create("bcos_vitc_b_patch1_14", pretrained, kwargs)
+    return _build_vit("bcos_vitc_b_patch1_14", pretrained, kwargs)
 
 
 @register_model
-def bcos_vitc_l_patch1_14(pretrained: Pretrained = False, **kwargs: object) -> BcosViT:
+def bcos_vitc_l_patch1_14(pretrained: Pretrained = False, **kwargs: Any) -> BcosViT:
     """B-cos ViT-C-L: 6-conv stem, dim 1024, depth 13."""
-    return _create("bcos_vitc_l_patch1_14", pretrained, kwargs)
+    return _build_vit("bcos_vitc_l_patch1_14", pretrained, kwargs)
 
 
 @register_model
-def standard_simple_vit_ti_patch16_224(pretrained: Pretrained = False, **kwargs: object) -> StandardViT:
+def standard_simple_vit_ti_patch16_224(pretrained: Pretrained = False, **kwargs: Any) -> StandardViT:
     """Standard ViT-Ti/16 baseline."""
-    return _create("standard_simple_vit_ti_patch16_224", pretrained, kwargs)
+    return _build_vit("standard_simple_vit_ti_patch16_224", pretrained, kwargs)
 
 
 @register_model
-def standard_simple_vit_s_patch16_224(pretrained: Pretrained = False, **kwargs: object) -> StandardViT:
+def standard_simple_vit_s_patch16_224(pretrained: Pretrained = False, **kwargs: Any) -> StandardViT:
     """Standard ViT-S/16 baseline."""
-    return _create("standard_simple_vit_s_patch16_224", pretrained, kwargs)
+    return _build_vit("standard_simple_vit_s_patch16_224", pretrained, kwargs)
 
 
 @register_model
-def standard_simple_vit_b_patch16_224(pretrained: Pretrained = False, **kwargs: object) -> StandardViT:
+def standard_simple_vit_b_patch16_224(pretrained: Pretrained = False, **kwargs: Any) -> StandardViT:
     """Standard ViT-B/16 baseline."""
-    return _create("standard_simple_vit_b_patch16_224", pretrained, kwargs)
+    return _build_vit("standard_simple_vit_b_patch16_224", pretrained, kwargs)
 
 
 @register_model
-def standard_simple_vit_l_patch16_224(pretrained: Pretrained = False, **kwargs: object) -> StandardViT:
+def standard_simple_vit_l_patch16_224(pretrained: Pretrained = False, **kwargs: Any) -> StandardViT:
     """Standard ViT-L/16 baseline."""
-    return _create("standard_simple_vit_l_patch16_224", pretrained, kwargs)
+    return _build_vit("standard_simple_vit_l_patch16_224", pretrained, kwargs)
 
 
 @register_model
-def standard_vitc_ti_patch1_14(pretrained: Pretrained = False, **kwargs: object) -> StandardViT:
+def standard_vitc_ti_patch1_14(pretrained: Pretrained = False, **kwargs: Any) -> StandardViT:
     """Standard ViT-C-Ti baseline."""
-    return _create("standard_vitc_ti_patch1_14", pretrained, kwargs)
+    return _build_vit("standard_vitc_ti_patch1_14", pretrained, kwargs)
 
 
 @register_model
-def standard_vitc_s_patch1_14(pretrained: Pretrained = False, **kwargs: object) -> StandardViT:
+def standard_vitc_s_patch1_14(pretrained: Pretrained = False, **kwargs: Any) -> StandardViT:
     """Standard ViT-C-S baseline."""
-    return _create("standard_vitc_s_patch1_14", pretrained, kwargs)
+    return _build_vit("standard_vitc_s_patch1_14", pretrained, kwargs)
 
 
 @register_model
-def standard_vitc_b_patch1_14(pretrained: Pretrained = False, **kwargs: object) -> StandardViT:
+def standard_vitc_b_patch1_14(pretrained: Pretrained = False, **kwargs: Any) -> StandardViT:
     """Standard ViT-C-B baseline."""
-    return _create("standard_vitc_b_patch1_14", pretrained, kwargs)
+    return _build_vit("standard_vitc_b_patch1_14", pretrained, kwargs)
 
 
 @register_model
-def standard_vitc_l_patch1_14(pretrained: Pretrained = False, **kwargs: object) -> StandardViT:
+def standard_vitc_l_patch1_14(pretrained: Pretrained = False, **kwargs: Any) -> StandardViT:
     """Standard ViT-C-L baseline."""
-    return _create("standard_vitc_l_patch1_14", pretrained, kwargs)
+    return _build_vit("standard_vitc_l_patch1_14", pretrained, kwargs)

@@ -19,13 +19,13 @@ load as they are. ``scale=1`` turns the fixed scaling off.
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 from torch import Tensor, nn
 
-from .._builder import Pretrained, build_model
 from .._registry import register_model
-from ..layers import LogitLayer, default_logit_bias
-from ..layers.bcos import kaiming_init_
+from ..builder import Pretrained, build_model
+from ..layers import bcos_conv_factory, init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
@@ -72,7 +72,7 @@ class BcosSimple9(BcosModelMixin, nn.Module):
         logit_temperature: ``None``: v1's value for ``b``.
     """
 
-    _classifier_path = "8"
+    _classifier_path = _head_path = "8"
 
     def __init__(
         self,
@@ -86,42 +86,24 @@ class BcosSimple9(BcosModelMixin, nn.Module):
         logit_temperature: float | None = None,
     ) -> None:
         super().__init__()
-        self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, WIDTHS[-1]
-        self.b, self.max_out = b, max_out
         self.scale = v1_cifar_scale(b) if scale is None else float(scale)
+        temperature = v1_cifar_temperature(b) if logit_temperature is None else logit_temperature
+        self._init_bcos(num_classes=num_classes, in_chans=in_chans,
+                        conv=bcos_conv_factory(b, max_out, BcosConv2dV1, scale=self.scale),
+                        logit_bias=logit_bias, logit_temperature=temperature)  # fmt: skip
+        self.num_features = WIDTHS[-1]
         widths = (in_chans, *WIDTHS)
         for i in range(8):
-            self.add_module(str(i), self._conv(widths[i], widths[i + 1], i))
-        self.add_module("8", self._new_classifier(num_classes))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        temperature = v1_cifar_temperature(b) if logit_temperature is None else logit_temperature
-        self.logit_layer = LogitLayer(
-            temperature, default_logit_bias(num_classes) if logit_bias is None else logit_bias
-        )
-        kaiming_init_(self)
-
-    def _conv(self, cin: int, cout: int, i: int) -> BcosConv2dV1:
-        return BcosConv2dV1(
-            cin, cout, KERNELS[i], STRIDES[i], PADDING[i], b=self.b, max_out=self.max_out, scale=self.scale
-        )
-
-    def _new_classifier(self, num_classes: int) -> nn.Module:
-        classifier = self._conv(self.num_features, num_classes, 8)
-        kaiming_init_(classifier)
-        return classifier
+            conv = self._conv(widths[i], widths[i + 1], KERNELS[i], STRIDES[i], PADDING[i])
+            self.add_module(str(i), conv)
+        self.add_module("8", self._new_classifier(num_classes))  # 1×1, stride 1, no padding
+        init_bcos_weights_(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Convs 0-7: ``[N, in_chans, H, W] -> [N, 256, H/4, W/4]``."""
         for i in range(8):
             x = self.get_submodule(str(i))(x)
         return x
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        """Classifier conv, global average pool, logit transform: ``-> [N, num_classes]``."""
-        return self.logit_layer(self.avgpool(self.get_submodule("8")(x)).flatten(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def get_feature_extractor(self) -> nn.Module:
         """A new ``nn.Sequential`` of convs 0-7, sharing this model's modules."""
@@ -132,6 +114,6 @@ SMALL_TRANSFORM = TransformConfig(resize_size=None, crop_size=None)
 
 
 @register_model
-def bcos_simple9_cifar(pretrained: Pretrained = False, **kwargs: object) -> BcosSimple9:
+def bcos_simple9_cifar(pretrained: Pretrained = False, **kwargs: Any) -> BcosSimple9:
     """Plain 9-layer B-cos CNN of the v1 CIFAR-10 experiments (MaxOut 2, B=2 unless ``b`` is given)."""
-    return build_model(BcosSimple9, "bcos_simple9_cifar", pretrained, transform=SMALL_TRANSFORM, **kwargs)
+    return build_model(BcosSimple9, "bcos_simple9_cifar", pretrained, kwargs, transform=SMALL_TRANSFORM)
