@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._registry import register_model
+from ..registry import register_model
 from ..builder import Pretrained, build_model
 from ..layers import (
     ConvFactory,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._registry import register_model
+from ..registry import register_model
 from ..builder import Pretrained, build_model
 from ..layers import ConvFactory, NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig

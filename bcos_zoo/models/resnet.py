@@ -13,7 +13,7 @@ from typing import Any, Union
 
 from torch import Tensor, nn
 
-from .._registry import register_model
+from ..registry import register_model
 from ..builder import Pretrained, build_model
 from ..layers import (
     ConvFactory,

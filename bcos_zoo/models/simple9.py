@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._registry import register_model
+from ..registry import register_model
 from ..builder import Pretrained, build_model
 from ..layers import bcos_conv_factory, init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1

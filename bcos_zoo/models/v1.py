@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._registry import register_model
+from ..registry import register_model
 from ..builder import Pretrained, build_model
 from ..layers import BcosConv2d, ConvFactory, bcos_conv_factory, init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1

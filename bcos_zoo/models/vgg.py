@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from .._registry import register_model
+from ..registry import register_model
 from ..builder import Pretrained, build_model
 from ..layers import NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig
