@@ -97,7 +97,13 @@ def test_every_cnn_is_covered() -> None:
     assert archs == set(OFFICIAL_NAMES)
 
 
-@pytest.mark.parametrize("arch", sorted(OFFICIAL_NAMES))
+#: 10 s each here; the ConvNeXt-T twins run the same code (only depth and width differ) in the default run
+SLOW = {"bcos_convnext_base", "bcos_convnext_base_bnu"}
+
+
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in sorted(OFFICIAL_NAMES)]
+)
 def test_matches_official(arch: str, tmp_path) -> None:
     gen = torch.Generator().manual_seed(sum(map(ord, arch)))
     official = getattr(pretrained, OFFICIAL_NAMES[arch])()

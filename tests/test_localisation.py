@@ -7,6 +7,7 @@ import torch
 
 import bcos_zoo
 from bcos_zoo.explain import explain
+from bcos_zoo.transforms import add_inverse
 from bcos_zoo.localisation import (
     attribute,
     cell_shares,
@@ -119,13 +120,13 @@ def tiny_model():
 
 def test_attribution_methods_shapes_and_modes(tiny_model):
     x = torch.rand(1, 1, 16, 16)
-    x = torch.cat([x, 1 - x], 1)
+    x = add_inverse(x, dim=1)
     targets = [1, 4, 7, 9]
     maps = {m: attribute(tiny_model, x, targets, m) for m in ("bcos", "ixg", "intgrad", "gradcam")}
     for name, m in maps.items():
         assert m.shape == (4, 16, 16), name
         assert torch.isfinite(m).all(), name
-    assert not bcos_zoo.layers.is_in_explanation_mode(tiny_model)  # nothing left switched on
+    assert not bcos_zoo.layers.model_in_explanation_mode(tiny_model)  # nothing left switched on
     for k, t in enumerate(targets):  # bcos = the contribution maps of explain()
         torch.testing.assert_close(maps["bcos"][k], explain(tiny_model, x, target=t).contribution_map[0])
     # IxG outside explanation mode is not the B-cos explanation; inside it, it is

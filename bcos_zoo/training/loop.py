@@ -54,7 +54,8 @@ def _init_from_file(cfg: TrainConfig, path: str) -> nn.Module:
     """The model of ``cfg`` with a file's weights for everything but the classifier."""
     model = create_model(cfg.model, **cfg.model_kwargs)
     state = read_state_dict(path)
-    head = {k for k in model.state_dict() if k.startswith(model._classifier_path + ".")}
+    classifier = next(name for name, m in model.named_modules() if m is model.get_classifier())
+    head = {k for k in model.state_dict() if k.startswith(classifier + ".")}
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     if unexpected or set(missing) - head:
         raise CheckpointError(f"--from {path}: does not fit {cfg.model} (missing {missing}, unexpected {unexpected})")
