@@ -8,6 +8,7 @@ input-independent terms (the logit bias, a ViT's positional embedding). ``explai
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -103,6 +104,30 @@ def check_input(model: nn.Module, x: Tensor) -> Tensor:
     return x
 
 
+def _model_input(model: nn.Module, x: Tensor) -> Tensor:
+    """A fresh copy of ``x`` in the model's dtype (a float16/float64 batch for a float32 model is cast);
+    an input on another device than the model raises, naming both."""
+    param = next(model.parameters(), None)
+    if param is None:
+        return x.detach().clone()
+    if x.device != param.device:
+        raise ValueError(f"the input is on {x.device} but the model on {param.device}; move one: x.to({str(param.device)!r})")
+    return x.detach().to(dtype=param.dtype, copy=True)
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer afterwards: a model in training mode updates its batch-norm running statistics
+    on a forward pass, and an explanation must not change the model."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()] if model.training else []
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 def _resolve_target(target: Target, logits: Tensor, kind: str = "class") -> Tensor:
     """Turn ``target`` (None, int, per-sample sequence or tensor) into a ``[B]`` index tensor."""
     batch, num_classes = logits.shape
@@ -193,21 +218,23 @@ def _explain_selected(
     x = check_input(model, x)
     if model.training:
         warnings.warn("explaining a model in training mode (batch statistics); call model.eval() first", stacklevel=3)
-    inp = x.detach().clone().requires_grad_(True)
     constants: list[Tensor] = []
-    handles = _capture_constant_terms(model, inp.shape[0], constants)
     layer_out: list[Any] = []
-    if layer is not None:
-        handles.append(_named_layer(model, layer).register_forward_hook(lambda _m, _i, out: layer_out.append(out)))
-    try:
-        with torch.enable_grad(), explanation_mode(model):
-            logits = model(inp)
-            scores = logits if layer is None else _channel_totals(layer_out, layer)
-            targets = select(scores)  # [B, K]
-            grads = _grads_per_target(scores.gather(1, targets), [inp, *constants])
-    finally:
-        for h in handles:
-            h.remove()
+    # explaining works under torch.inference_mode() / no_grad() too, and leaves no trace in the model
+    with torch.inference_mode(False), torch.enable_grad(), _state_kept(model):
+        inp = _model_input(model, x).requires_grad_(True)
+        handles = _capture_constant_terms(model, inp.shape[0], constants)
+        if layer is not None:
+            handles.append(_named_layer(model, layer).register_forward_hook(lambda _m, _i, out: layer_out.append(out)))
+        try:
+            with explanation_mode(model):
+                logits = model(inp)
+                scores = logits if layer is None else _channel_totals(layer_out, layer)
+                targets = select(scores)  # [B, K]
+                grads = _grads_per_target(scores.gather(1, targets), [inp, *constants])
+        finally:
+            for h in handles:
+                h.remove()
     logits = logits.detach()
     bias0 = _logit_bias(model) if layer is None else 0.0
     results = []

@@ -151,6 +151,13 @@ def _tensor_to_float(x: Tensor | np.ndarray, color_chans: int) -> Tensor:
             f"expected an image with 1, 3 or 4 channels, got {x.shape[0]}; if this tensor is already "
             "preprocessed (e.g. 6 channels with AddInverse), pass it to the model directly"
         )
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise ValueError(f"the image is empty (shape {tuple(x.shape)}): it needs at least one pixel")
+    if x.is_floating_point() and x.numel() and not (-1e-3 <= float(x.min()) and float(x.max()) <= 1 + 1e-3):
+        raise ValueError(
+            f"a float image must hold values in [0, 1], got {float(x.min()):.4g} to {float(x.max()):.4g}; "
+            "for 0..255 values divide by 255 or pass a uint8 tensor"
+        )
     TF = _tf()
     x = TF.convert_image_dtype(x, torch.float32) if not x.is_floating_point() else x.float()
     if x.shape[0] == 1 and color_chans == 3:

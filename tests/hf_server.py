@@ -26,6 +26,16 @@ from urllib.parse import unquote
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$")
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that hang up early (a refused download, a cut-off test) are expected here, not reported."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class LoopbackServer:
     """Threaded HTTP server on ``127.0.0.1`` (a free port); use as a context manager."""
 
@@ -37,7 +47,7 @@ class LoopbackServer:
         self.headers: dict[str, dict[str, str]] = {}  # path -> headers sent instead of the computed ones
         self.gzipped: set[str] = set()  # paths whose body is sent gzip-compressed (Content-Encoding: gzip)
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, path) -> count
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 

@@ -326,3 +326,52 @@ def test_cli_numbers_are_range_checked(capsys, args):
         cli.main([image if a == "IMG" else a for a in args] + ["--model", "bcos_resnet20_cifar.fmnist"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "expected a number" in err, err
+
+
+# --------------------------------------------------------------------------------- explain and transform
+
+
+def test_explaining_never_changes_the_model():
+    """Item 14: a model in training mode warns, and its batch-norm statistics are as they were."""
+    torch.manual_seed(0)
+    model = bcos_zoo.create_model(ARCH, **KW).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="training mode"):
+        model.explain(torch.rand(3, 2, 16, 16))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+    assert model.training
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_explain_takes_other_float_dtypes(dtype):
+    """Item 14: the batch is cast to the model's dtype; the explanation is complete."""
+    torch.manual_seed(0)
+    model = bcos_zoo.create_model(ARCH, **KW).eval()
+    out = model.explain(X.to(dtype))
+    assert out.contribution_map.dtype == torch.float32
+    chosen = out.logits.gather(1, out.target[:, None])[:, 0]
+    torch.testing.assert_close(out.contribution_map.sum((-2, -1)) + out.bias_contribution, chosen, rtol=1e-4, atol=1e-4)
+
+
+def test_explain_under_inference_mode():
+    """Item 14: ``torch.inference_mode()`` around the call (as serving code has) gives the same explanation."""
+    torch.manual_seed(0)
+    model = bcos_zoo.create_model(ARCH, **KW).eval()
+    expected = model.explain(X).contribution_map
+    with torch.inference_mode():
+        x = X.clone()  # an inference tensor
+        out = model.explain(x)
+    torch.testing.assert_close(out.contribution_map, expected)
+
+
+@pytest.mark.parametrize(("image", "match"), [
+    (torch.full((1, 8, 8), 200.0), r"values in \[0, 1\], got 200 to 200; .*divide by 255"),
+    (torch.zeros(1, 0, 0), "empty"),
+    (torch.zeros(3, 5, 0), "empty"),
+])  # fmt: skip
+def test_transform_questions_odd_tensors(image, match):
+    """Item 15."""
+    transform = bcos_zoo.create_transform(resize_size=None, crop_size=None, in_chans=2)
+    with pytest.raises(ValueError, match=match):
+        transform(image)
