@@ -17,9 +17,10 @@ import platform
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from ..cards import render_card
 from ..checkpoint import read_state_dict, save_weights
@@ -27,10 +28,31 @@ from ..files import atomic_write
 from ..records import UrlFile, WeightHeader, WeightSpec
 from ..version import __version__
 
-if TYPE_CHECKING:
-    from .loop import Trainer
+from .config import TrainConfig
+from .data import TrainData
+from .distributed import Dist
 
-__all__ = ["save_epoch", "load_epoch", "save_final", "has_checkpoint"]
+__all__ = ["Run", "save_epoch", "load_epoch", "save_final", "has_checkpoint"]
+
+
+class Run(Protocol):
+    """What this module reads and restores of a run (:class:`~bcos_zoo.training.Trainer` has it)."""
+
+    cfg: TrainConfig
+    data: TrainData
+    dist: Dist
+    device: torch.device
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: Any
+    arch: str
+    model_kwargs: dict[str, Any]
+    epoch: int
+    history: list[dict[str, Any]]
+    wall_time: float
+
+    def eval_model(self) -> nn.Module: ...
 
 
 def _save_json(path: Path, obj: Any) -> None:
@@ -38,7 +60,7 @@ def _save_json(path: Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
 
 
-def _header(trainer: Trainer) -> WeightHeader:
+def _header(trainer: Run) -> WeightHeader:
     return WeightHeader(arch=trainer.arch, model_kwargs=trainer.model_kwargs, classes=trainer.data.classes,
                         transform=trainer.data.eval_transform(), source=f"trained with bcos-zoo train ({trainer.cfg.data})",
                         bcos_zoo_version=__version__)  # fmt: skip
@@ -48,7 +70,7 @@ def has_checkpoint(out: Path) -> bool:
     return (out / "last.json").is_file()
 
 
-def save_epoch(trainer: Trainer) -> None:
+def save_epoch(trainer: Run) -> None:
     """The state after the epoch just finished: enough to resume exactly."""
     out = Path(trainer.cfg.out)
     save_weights(trainer.model.state_dict(), out / "last.safetensors", _header(trainer))
@@ -62,7 +84,7 @@ def save_epoch(trainer: Trainer) -> None:
                                    "config": dataclasses.asdict(trainer.cfg)})  # fmt: skip
 
 
-def load_epoch(trainer: Trainer) -> None:
+def load_epoch(trainer: Run) -> None:
     """Restore what :func:`save_epoch` wrote into a freshly built trainer of the same configuration."""
     out = Path(trainer.cfg.out)
     progress = json.loads((out / "last.json").read_text())
@@ -80,7 +102,7 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__}, {platform.platform(terse=True)}"
 
 
-def summary(trainer: Trainer) -> dict[str, Any]:
+def summary(trainer: Run) -> dict[str, Any]:
     """What a run did and measured (``summary.json``; ``scripts/ship_weights.py`` reads it)."""
     last, cfg = trainer.history[-1], trainer.cfg
     return {
@@ -92,7 +114,7 @@ def summary(trainer: Trainer) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _run_spec(trainer: Trainer, weights: Path, digest: str, s: dict[str, Any]) -> WeightSpec:
+def _run_spec(trainer: Run, weights: Path, digest: str, s: dict[str, Any]) -> WeightSpec:
     """The run's weights as a record, so its card is rendered like every other card."""
     model = trainer.eval_model()
     return WeightSpec(
@@ -108,7 +130,7 @@ def _run_spec(trainer: Trainer, weights: Path, digest: str, s: dict[str, Any]) -
     )  # fmt: skip
 
 
-def save_final(trainer: Trainer) -> Path:
+def save_final(trainer: Run) -> Path:
     """``model.safetensors``, ``summary.json`` and the card; returns the weights file."""
     out = Path(trainer.cfg.out)
     weights = out / "model.safetensors"
