@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PANEL_INCHES", "DPI", "to_numpy_image", "explanation_rgb", "clip_symmetric", "plot_explanation",
-    "plot_contribution_map", "explanation_figure", "explanation_grid", "localisation_figure", "save_figure",
+    "plot_contribution_map", "evidence_rgb", "explanation_rows", "explanation_figure", "localisation_figure", "save_figure",
 ]  # fmt: skip
 
 PANEL_INCHES = 2.5
@@ -74,6 +74,25 @@ def clip_symmetric(contribution_map: ArrayLike, percentile: float = 99.5) -> tup
     cutoff = float(np.percentile(np.abs(m), percentile))
     clipped = np.clip(m, -cutoff, cutoff)
     return clipped, max(float(np.abs(clipped).max(initial=0.0)), 1e-12)
+
+
+def evidence_rgb(image: ArrayLike, contribution_map: ArrayLike, *, percentile: float = 99.5,
+                 cmap: str = "inferno") -> np.ndarray:  # fmt: skip
+    """The positive contributions as a heat map over the dimmed input, ``[H, W, 3]`` in [0, 1].
+
+    For grayscale models the RGBA explanation carries no colour, and over black it is as dark as the
+    image: this view shows *where* the evidence for the class is instead. Opacity grows with the
+    contribution (clipped at its ``percentile``), so zero evidence leaves the image visible.
+    """
+    from matplotlib import colormaps
+
+    gray = to_numpy_image(image).mean(-1, keepdims=True)  # [H, W, 1]
+    positive = np.clip(_np(contribution_map), 0.0, None)
+    cutoff = max(float(np.percentile(positive, percentile)), 1e-12)
+    level = np.clip(positive / cutoff, 0.0, 1.0)  # [H, W]
+    heat = colormaps[cmap](0.35 + 0.65 * level)[..., :3]  # skip the near-black end of the map
+    alpha = level[..., None] ** 0.6
+    return np.clip(0.45 * gray * (1 - alpha) + heat * alpha, 0.0, 1.0)
 
 
 def _axes(ax: Axes | None) -> Axes:
@@ -126,54 +145,48 @@ def _figure(rows: int, cols: int, suptitle: str | None) -> tuple[Figure, np.ndar
     return fig, axes
 
 
-def explanation_figure(
-    image: ArrayLike,
-    explanations: Sequence[tuple[ArrayLike, ArrayLike]],
-    titles: Sequence[str],
-    *,
-    overlay: bool = False,
-    suptitle: str | None = None,
-    percentile: float = 99.5,
-) -> Figure:
-    """One row per explained target: the input, the explanation and the contribution map.
+def explanation_rows(rows: Sequence[tuple[ArrayLike, ArrayLike, ArrayLike, str]], *, first_titles: Sequence[str] | None = None,
+                     overlay: bool = False, suptitle: str | None = None, percentile: float = 99.5) -> Figure:  # fmt: skip
+    """One row per explanation: the input, the explanation and the contribution map.
+
+    The explanation panel is the B-cos RGBA view (its colours are the colours the model used) for
+    colour models, and for grayscale models, whose RGBA view has no colour to show, the positive
+    contributions as a heat map over the image (:func:`evidence_rgb`).
 
     Args:
-        image: the model input ``[C, H, W]`` (what the model saw, after cropping).
-        explanations: per target, ``(rgba [H, W, 4], contribution_map [H, W])``.
-        titles: per target, e.g. ``"Sneaker (p=0.93)"``.
-        overlay: blend the explanation on the image instead of a black background.
+        rows: per row, ``(input [C, H, W], rgba [H, W, 4], contribution_map [H, W], title)`` with a
+            title such as ``"Sneaker (p=0.93)"``.
+        first_titles: titles of the input panels (default ``"input"``).
+        overlay: blend the RGBA view on the image instead of a black background.
         suptitle: a line above all panels (model name, ...).
         percentile: clipping of the contribution maps.
     """
+    if not rows or (first_titles is not None and len(first_titles) != len(rows)):
+        raise ValueError(f"need at least one row and one input title per row, got {len(rows)} rows")
+    fig, axes = _figure(len(rows), 3, suptitle)
+    for i, (ax_row, (image, rgba, contributions, title)) in enumerate(zip(axes, rows)):
+        ax_row[0].imshow(to_numpy_image(image), interpolation="nearest")
+        _bare(ax_row[0], first_titles[i] if first_titles else "input")
+        if color_channels(_np(image).shape[0]) == 3:
+            plot_explanation(rgba, ax_row[1], image=image if overlay else None, title=title)
+        else:
+            ax_row[1].imshow(evidence_rgb(image, contributions, percentile=percentile), interpolation="nearest")
+            _bare(ax_row[1], title)
+        total = float(_np(contributions).sum())
+        plot_contribution_map(contributions, ax_row[2], percentile=percentile, title=f"contributions (sum {total:.3g})")
+    return fig
+
+
+def explanation_figure(image: ArrayLike, explanations: Sequence[tuple[ArrayLike, ArrayLike]], titles: Sequence[str], *,
+                       overlay: bool = False, suptitle: str | None = None, percentile: float = 99.5) -> Figure:  # fmt: skip
+    """:func:`explanation_rows` for several targets of one image: ``explanations`` holds per target
+    ``(rgba [H, W, 4], contribution_map [H, W])``, ``titles`` one title each."""
     if len(explanations) != len(titles) or not explanations:
         raise ValueError(
             f"need one title per explanation, got {len(explanations)} explanations and {len(titles)} titles"
         )
-    fig, axes = _figure(len(explanations), 3, suptitle)
-    rgb = to_numpy_image(image)
-    for row, ((rgba, contributions), title) in zip(axes, zip(explanations, titles)):
-        row[0].imshow(rgb, interpolation="nearest")
-        _bare(row[0], "input")
-        plot_explanation(rgba, row[1], image=image if overlay else None, title=title)
-        total = float(_np(contributions).sum())
-        plot_contribution_map(contributions, row[2], percentile=percentile, title=f"contributions (sum {total:.3g})")
-    return fig
-
-
-def explanation_grid(images: Sequence[ArrayLike], explanations: Sequence[ArrayLike], titles: Sequence[str], *,
-                     ncols: int = 4, overlay: bool = False, suptitle: str | None = None) -> Figure:  # fmt: skip
-    """A grid of explanations (one panel each) of several images or classes."""
-    if not (len(images) == len(explanations) == len(titles)) or not images:
-        raise ValueError("need as many images, explanations and titles, and at least one")
-    ncols = min(ncols, len(images))
-    rows = -(-len(images) // ncols)
-    fig, axes = _figure(rows, ncols, suptitle)
-    for i, ax in enumerate(axes.flat):
-        if i < len(images):
-            plot_explanation(explanations[i], ax, image=images[i] if overlay else None, title=titles[i])
-        else:
-            ax.set_axis_off()
-    return fig
+    rows = [(image, rgba, contributions, title) for (rgba, contributions), title in zip(explanations, titles)]
+    return explanation_rows(rows, overlay=overlay, suptitle=suptitle, percentile=percentile)
 
 
 def localisation_figure(scores: Mapping[str, ArrayLike], grid: int, *, title: str | None = None) -> Figure:

@@ -15,7 +15,8 @@ from bcos_zoo.plotting import (
     PANEL_INCHES,
     clip_symmetric,
     explanation_figure,
-    explanation_grid,
+    evidence_rgb,
+    explanation_rows,
     explanation_rgb,
     localisation_figure,
     plot_contribution_map,
@@ -102,12 +103,27 @@ def test_explanation_figure_size_and_file(tmp_path, png_size):
         explanation_figure(x, rows, ["only one"])
 
 
-def test_explanation_grid_and_localisation_figure(tmp_path, png_size):
-    images = [torch.rand(2, 10, 10) for _ in range(5)]
-    rgbas = [torch.rand(10, 10, 4) for _ in range(5)]
-    fig = explanation_grid(images, rgbas, [f"c{i}" for i in range(5)], ncols=3)
-    assert png_size(save_figure(fig, tmp_path / "grid.png")) == (3 * PANEL_PX, 2 * PANEL_PX)
-    assert not fig.axes[-1].axison  # the unused sixth panel is blank
+def test_explanation_rows_and_localisation_figure(tmp_path, png_size):
+    rows = [(torch.rand(2, 10, 10), torch.rand(10, 10, 4), torch.randn(10, 10), f"c{i}") for i in range(5)]
+    fig = explanation_rows(rows, first_titles=[f"image {i}" for i in range(5)], suptitle="overview")
+    assert png_size(save_figure(fig, tmp_path / "rows.png")) == (3 * PANEL_PX, 5 * PANEL_PX)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["image 0", "c0", fig.axes[2].get_title()]
+    with pytest.raises(ValueError, match="one input title per row"):
+        explanation_rows(rows, first_titles=["only one"])
     scores = {"bcos": torch.rand(20), "ixg": torch.rand(20)}
     width, height = png_size(save_figure(localisation_figure(scores, 2), tmp_path / "loc.png"))
     assert width > 0 and height > 0
+
+
+def test_evidence_heat_map_shows_where_the_contributions_are():
+    """Grayscale models: positive evidence is bright and coloured, no evidence leaves the dimmed image."""
+    image = torch.full((2, 4, 4), 0.5)
+    contributions = torch.zeros(4, 4)
+    contributions[1, 2] = 3.0  # all the evidence in one pixel
+    contributions[3, 3] = -3.0  # negative evidence is not shown as evidence
+    rgb = evidence_rgb(image, contributions, percentile=100)
+    assert rgb.shape == (4, 4, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    hot, cold, neutral = rgb[1, 2], rgb[3, 3], rgb[0, 0]
+    assert hot.sum() > 2 * neutral.sum() and hot[0] > hot[2]  # bright, warm
+    np.testing.assert_allclose(cold, neutral)
+    np.testing.assert_allclose(neutral, [0.225, 0.225, 0.225], atol=1e-6)  # 0.45 x the gray level

@@ -150,7 +150,7 @@ def _demo_model(args: argparse.Namespace) -> LoadedModel:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bcos_zoo.plotting import explanation_grid, save_figure
+    from bcos_zoo.plotting import explanation_rows, save_figure
 
     bundled = sorted(str(p) for p in ASSETS.glob("*.png"))
     paths = bundled + list(args.images)
@@ -159,9 +159,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.target, args.layer, args.channel = None, None, None
     outputs = _output_paths(paths, args.output, "_explained")
     firsts = _explain_images(loaded, paths, images, outputs, args)
-    grid = explanation_grid([x for x, *_ in firsts], [e.explanation[r] for _, e, r, _ in firsts],
-                            [t for *_, t in firsts], overlay=True, suptitle=loaded.describe())  # fmt: skip
-    print(save_figure(grid, Path(args.output) / "overview.png"))
+    rows = [(x, e.explanation[r], e.contribution_map[r], title) for x, e, r, title in firsts]
+    overview = explanation_rows(rows, first_titles=[Path(p).name for p in paths], overlay=args.overlay,
+                                suptitle=f"{loaded.describe()}: input | explanation | contributions")  # fmt: skip
+    print(save_figure(overview, Path(args.output) / "overview.png"))
     return 0
 
 
