@@ -16,7 +16,7 @@ with a ``ValueError``, whichever entry point was called.
 
 Mapping a checkpoint's keys to the model's layout (the official ViTs' ``0.`` prefix, ...) happens
 here and only here, through the model's ``convert_state_dict`` hook: the file is read once, checked
-against a model built on the ``meta`` device, and loaded strictly once.
+against the model built on the ``meta`` device, and its tensors assigned strictly once.
 """
 
 from __future__ import annotations
@@ -224,14 +224,10 @@ def build_model(model_cls: type[nn.Module], arch: str, pretrained: Pretrained | 
         weights = fetch_weights(selection, arch)
     needed = _needed_kwargs(arch, model_cls, weights, kwargs) if weights is not None else {}
     options = {**defaults, **needed, **kwargs}
-    state = _fitting_state(model_cls, options, weights) if weights is not None else None
-    model = model_cls(**options)
+    model = model_cls(**options) if weights is None else _with_weights(model_cls, options, weights)
     model.arch = arch
     model.transform = create_transform(_transform_for(model, transform, weights))
-    model.pretrained_cfg = None
-    if weights is not None:
-        model.load_state_dict(state, strict=True)
-        model.pretrained_cfg = weights.spec or _adhoc_spec(model, weights)
+    model.pretrained_cfg = None if weights is None else weights.spec or _adhoc_spec(model, weights)
     return model
 
 
@@ -245,23 +241,38 @@ def _needed_kwargs(arch: str, model_cls: type[nn.Module], weights: ResolvedWeigh
     return needed
 
 
-def _fitting_state(model_cls: type[nn.Module], options: Mapping[str, Any], weights: ResolvedWeights) -> dict[str, Any]:
-    """Read the file once, map its keys with the model's ``convert_state_dict`` hook and check every key and
-    shape on a model built on the ``meta`` device, so that weights that do not fit fail before anything is
-    allocated (a header asking for ``num_classes=100000`` costs nothing). A cached download that does not
-    fit is evicted, so a fixed source is fetched again next time."""
+def _with_weights(model_cls: type[nn.Module], options: Mapping[str, Any], weights: ResolvedWeights) -> nn.Module:
+    """The model with the file's weights, read once.
+
+    The model is built on the ``meta`` device (no memory, no random initialisation that the weights
+    would overwrite), the file's keys are mapped by its ``convert_state_dict`` hook and every key and
+    shape is checked, so weights that do not fit fail before anything is allocated (a header asking for
+    ``num_classes=100000`` costs nothing); then the tensors are assigned in place of the meta ones. A
+    cached download that does not fit is evicted, so a fixed source is fetched again next time.
+    """
     state = read_state_dict(weights.file)
     with torch.device("meta"):
-        probe = model_cls(**options)
-    convert = getattr(probe, "convert_state_dict", None)
+        model = model_cls(**options)
+    convert = getattr(model, "convert_state_dict", None)
     state = convert(state) if convert else state
     try:
-        check_fits(probe, state, source=f"checkpoint {weights.file}")
+        check_fits(model, state, source=f"checkpoint {weights.file}")
     except CheckpointError:
         if weights.spec is None:
             fetch.evict(weights.file)
         raise
-    return state
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=True)
+    if _has_meta_tensors(model):  # a tensor the state dict does not hold (none of ours has one): build for real
+        model = model_cls(**options)
+        model.load_state_dict(state, strict=True)
+    return model
+
+
+def _has_meta_tensors(model: nn.Module) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
+    return any(t.is_meta for t in tensors)
 
 
 def _adhoc_spec(model: nn.Module, weights: ResolvedWeights) -> WeightSpec:

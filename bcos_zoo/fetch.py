@@ -80,18 +80,35 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _stamp(path: Path) -> str:
+    """Size and modification time: what changes when a file is rewritten, truncated or replaced."""
+    st = path.stat()
+    return f"# size={st.st_size} mtime_ns={st.st_mtime_ns}"
+
+
 def _write_sidecar(path: Path, sha256: str) -> None:
+    """``<file>.sha256`` in ``sha256sum`` format, plus the file's stamp when it was verified."""
     with atomic_write(_sidecar(path)) as tmp:
-        tmp.write_text(f"{sha256}  {path.name}\n")
+        tmp.write_text(f"{sha256}  {path.name}\n{_stamp(path)}\n")
+
+
+def _sidecar_lines(path: Path) -> list[str]:
+    try:
+        return _sidecar(path).read_bytes().decode("ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
 
 
 def _recorded_sha256(path: Path) -> str | None:
     """The SHA-256 recorded for ``path`` when it was cached; ``None`` if missing or unreadable."""
-    try:
-        words = _sidecar(path).read_bytes().decode("ascii").split()
-    except (OSError, UnicodeDecodeError):
-        return None
+    words = (_sidecar_lines(path) or [""])[0].split()
     return words[0] if words and len(words[0]) == 64 else None
+
+
+def _unchanged_since_verified(path: Path) -> bool:
+    """Whether ``path`` has the size and modification time recorded when its SHA-256 was checked."""
+    lines = _sidecar_lines(path)
+    return _recorded_sha256(path) is not None and lines[1:2] == [_stamp(path)]
 
 
 def evict(path: Path) -> None:
@@ -104,11 +121,17 @@ def evict(path: Path) -> None:
 
 
 def _cached_ok(path: Path) -> bool:
-    """Whether ``path`` exists and still has its recorded SHA-256; a corrupt entry is deleted."""
+    """Whether ``path`` exists and still has its recorded SHA-256; a corrupt entry is deleted.
+
+    The file is hashed again only when its size or modification time differ from when it was verified.
+    """
     if not path.is_file():
         return False
+    if _unchanged_since_verified(path):
+        return True
     recorded = _recorded_sha256(path)
     if recorded is not None and sha256_file(path) == recorded:
+        _write_sidecar(path, recorded)  # a record of an older version, or a touched file: stamp it anew
         return True
     log.warning("cached file %s is incomplete or corrupt (SHA-256 check failed); fetching it again", path)
     evict(path)
@@ -333,7 +356,7 @@ def cache_state(spec: WeightSpec) -> str:
     if any(isinstance(s, PackageFile) for s in spec.sources):
         return "shipped"
     target = _registered_target(spec)
-    if target.is_file() and _recorded_sha256(target) == sha256_file(target):
+    if target.is_file() and (_unchanged_since_verified(target) or _recorded_sha256(target) == sha256_file(target)):
         return "yes"
     from huggingface_hub import try_to_load_from_cache
 

@@ -349,3 +349,25 @@ def test_two_processes_load_the_same_weight(cache, server, tiny):
     assert server.gets("/files/race.safetensors") == 1  # the second process waited and used the cached file
     cached = cache / "weights" / f"{ARCH}.race.safetensors"
     assert files_in(cache) == [cached.name, cached.name + ".sha256"] and cached.read_bytes() == data
+
+
+def test_warm_loads_do_not_hash_the_cached_file_again(cache, server, tiny, monkeypatch):
+    """Verified once when written; later loads compare size and modification time with the record, and
+    hash again only when they changed (a rewritten file of the same size is caught that way)."""
+    data, x, logits = tiny
+    url = server.add_file("/files/warm.safetensors", data)
+    bcos_zoo.register_weights(tiny_spec("warm", UrlFile(url, sha256=sha256(data))))
+    bcos_zoo.create_model(f"{ARCH}.warm", pretrained=True)
+    cached = cache / "weights" / f"{ARCH}.warm.safetensors"
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(fetch, "sha256_file", no_hashing)
+        assert_logits(bcos_zoo.create_model(f"{ARCH}.warm", pretrained=True), x, logits)
+    corrupt = bytearray(cached.read_bytes())
+    corrupt[-1] ^= 0xFF  # same size, new modification time
+    cached.write_bytes(bytes(corrupt))
+    assert_logits(bcos_zoo.create_model(f"{ARCH}.warm", pretrained=True), x, logits)
+    assert server.gets("/files/warm.safetensors") == 2 and cached.read_bytes() == data

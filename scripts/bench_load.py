@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""How long loading pretrained weights takes, as ratios against the official package in the same run.
+
+    python scripts/bench_load.py --arch bcos_resnet50 --repeats 5
+
+Both sides get the same weights from local files (nothing is downloaded):
+  * ours: ``bcos_zoo.create_model(arch, pretrained=<file>.safetensors)`` (meta-device build, one read,
+    one strict assignment),
+  * official: the ``bcos`` package's constructor (random init) + ``torch.load(<file>.pth)`` +
+    ``load_state_dict`` (PyPI ``bcos``, installed with the test extras),
+  * ours the eager way: ``create_model(arch)`` + ``load_state_dict`` of the safetensors file, to show
+    what the meta-device build saves.
+Each timing is the median of ``--repeats`` interleaved runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import bcos_zoo
+
+OFFICIAL = {"bcos_resnet50": "resnet50", "bcos_resnet18": "resnet18", "bcos_densenet121": "densenet121"}
+
+
+def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="bcos_resnet50", choices=sorted(OFFICIAL))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from bcos.models import pretrained as official
+
+    build_official = getattr(official, OFFICIAL[args.arch])
+    with tempfile.TemporaryDirectory() as tmp:
+        state = bcos_zoo.create_model(args.arch).state_dict()
+        st, pth = Path(tmp) / "w.safetensors", Path(tmp) / "w.pth"
+        bcos_zoo.save_weights(state, st, bcos_zoo.WeightHeader(arch=args.arch))
+        torch.save(state, pth)
+
+        def eager() -> None:
+            bcos_zoo.create_model(args.arch).load_state_dict(bcos_zoo.read_state_dict(st))
+
+        def official_load() -> None:
+            build_official(pretrained=False).load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
+
+        ms = _median_ms({"ours": lambda: bcos_zoo.create_model(args.arch, pretrained=st), "official": official_load,
+                         "ours_eager": eager}, args.repeats)  # fmt: skip
+    for name, value in ms.items():
+        print(f"{name}: {value:.0f} ms")
+    print(f"ratio ours / official: {ms['ours'] / ms['official']:.2f} (goal <= 0.33)")
+    print(f"ratio ours / ours built eagerly: {ms['ours'] / ms['ours_eager']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
