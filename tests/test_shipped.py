@@ -112,7 +112,7 @@ def test_tampered_shipped_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_finetune_shipped_model_on_two_classes(tmp_path: Path) -> None:
     """Adapt the shipped ResNet to a 2-class task (T-shirt vs. trouser) from an ImageFolder of real
-    test images, training only the new classifier for one short epoch: it must beat chance clearly."""
+    test images, training only the new classifier for three short epochs: it must beat chance clearly."""
     from PIL import Image
 
     images, labels = load_fashion_mnist(split="test")
@@ -123,8 +123,10 @@ def test_finetune_shipped_model_on_two_classes(tmp_path: Path) -> None:
                 folder = tmp_path / "data" / split / ("tshirt" if cls == 0 else "trouser")
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(images[idx, 0].numpy()).save(folder / f"{idx}.png")
+    # 3 epochs at lr 1e-2: one epoch at 1e-3 (18 steps) depends on the new classifier's random init (measured
+    # 3.7% test accuracy with seed 2, 78% with seed 3); 3 x 18 steps at 1e-2 gave 94.9-99.2% for seeds 0-3
     cfg = TrainConfig(model="bcos_resnet20_cifar", init_from="bcos_resnet20_cifar.fmnist", data=str(tmp_path / "data"),
-                      out=str(tmp_path / "ft"), epochs=1, batch_size=64, lr=1e-3, image_size=28, warmup_epochs=0.1,
+                      out=str(tmp_path / "ft"), epochs=3, batch_size=64, lr=1e-2, image_size=28, warmup_epochs=0.1,
                       freeze_features=True)  # fmt: skip
     result = train(cfg)
     assert result["test_n"] >= 700
