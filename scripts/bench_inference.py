@@ -14,28 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from typing import Callable
 
 import torch
 import torchvision
 
 import bcos_zoo
-
-
-def _median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median wall time of each function in milliseconds, runs interleaved round-robin."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
+from benchutil import median_ms
 
 
 def _official_resnet50(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module | None:
@@ -70,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if official is not None:
             fns["official"] = lambda: official(x6)
         with torch.inference_mode():
-            ms = _median_ms(fns, args.repeats)
+            ms = median_ms(fns, args.repeats, warmup=2)
         line = f"batch {bs:3d} forward: ours {ms['ours']:.1f} ms, torchvision {ms['torchvision']:.1f} ms"
         ratios[f"forward_bs{bs}_vs_torchvision"] = ms["ours"] / ms["torchvision"]
         if official is not None:
@@ -82,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             efns: dict[str, Callable[[], object]] = {"ours": lambda: bcos_zoo.explain(ours, x6)}
             if official is not None:
                 efns["official"] = lambda: official.explain(x6.clone().requires_grad_())
-            ems = _median_ms(efns, args.repeats)
+            ems = median_ms(efns, args.repeats, warmup=2)
             ratios["explain_bs1_vs_own_forward"] = ems["ours"] / fwd
             line = f"batch   1 explain: ours {ems['ours']:.1f} ms = {ratios['explain_bs1_vs_own_forward']:.2f}x our forward"
             if official is not None:

@@ -16,30 +16,16 @@ Each timing is the median of ``--repeats`` interleaved runs after one warm-up.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import bcos_zoo
+from benchutil import median_ms
 
 OFFICIAL = {"bcos_resnet50": "resnet50", "bcos_resnet18": "resnet18", "bcos_densenet121": "densenet121"}
-
-
-def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         def official_load() -> None:
             build_official(pretrained=False).load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
 
-        ms = _median_ms({"ours": lambda: bcos_zoo.create_model(args.arch, pretrained=st), "official": official_load,
+        ms = median_ms({"ours": lambda: bcos_zoo.create_model(args.arch, pretrained=st), "official": official_load,
                          "ours_eager": eager}, args.repeats)  # fmt: skip
     for name, value in ms.items():
         print(f"{name}: {value:.0f} ms")
