@@ -238,8 +238,9 @@ def _store(raw: Path, target: Path, header: WeightHeader, *, move: bool) -> Path
 def _from_url(source: UrlFile, target: Path, header: WeightHeader) -> Path:
     url, expected = source.describe(), source.sha256 or source.sha256_prefix
     dropped = cache_dir() / "downloads" / source.filename  # an official file a user put here by hand
-    if expected and dropped.is_file() and sha256_file(dropped).startswith(expected):
-        return _store(dropped, target, replace(header, source_sha256=sha256_file(dropped)), move=False)
+    dropped_sha = sha256_file(dropped) if expected and dropped.is_file() else ""
+    if dropped_sha and dropped_sha.startswith(expected):
+        return _store(dropped, target, replace(header, source_sha256=dropped_sha), move=False)
     if offline_reason():
         raise OfflineError(f"{redact_url(url)} is not cached" + (f" (nor is {dropped})" if expected else ""))
     remove_stale_parts(target.parent)
@@ -281,7 +282,7 @@ def _describe(source: Source) -> str:
     """How a source is recorded in a header: no credentials, no query tokens."""
     if isinstance(source, HubFile):
         return f"hf-hub:{source.repo_id}/{source.filename}@{source.revision}"
-    return redact_url(source.describe()) if isinstance(source, UrlFile) else source.describe()
+    return redact_url(source.describe())
 
 
 def _fetch_failed(name: str, target: Path, failures: list[tuple[Source, DownloadError]]) -> DownloadError:

@@ -338,8 +338,7 @@ class WeightHeader:
             if classes and "num_classes" not in kwargs:
                 values["model_kwargs"] = {**kwargs, "num_classes": len(classes)}
             if "transform" in values:
-                transform = values["transform"]
-                values["transform"] = TransformConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in transform.items()})
+                values["transform"] = TransformConfig.from_dict(values["transform"])
             return cls(**values)
         except (ValueError, TypeError, AttributeError) as e:
             raise CheckpointError(f"the bcos-zoo header of {where} is malformed: {e}; write the file again") from e

@@ -91,6 +91,11 @@ class TransformConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TransformConfig:
+        """The inverse of :meth:`to_dict` after a JSON round trip (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
     def describe(self) -> str:
         """One line a person can read, for model cards and ``--help`` texts."""
         steps = []
@@ -153,9 +158,10 @@ def _tensor_to_float(x: Tensor | np.ndarray, color_chans: int) -> Tensor:
         )
     if x.shape[-1] == 0 or x.shape[-2] == 0:
         raise ValueError(f"the image is empty (shape {tuple(x.shape)}): it needs at least one pixel")
-    if x.is_floating_point() and x.numel() and not (-1e-3 <= float(x.min()) and float(x.max()) <= 1 + 1e-3):
+    low, high = (float(v) for v in torch.aminmax(x)) if x.is_floating_point() else (0.0, 1.0)
+    if not (-1e-3 <= low and high <= 1 + 1e-3):
         raise ValueError(
-            f"a float image must hold values in [0, 1], got {float(x.min()):.4g} to {float(x.max()):.4g}; "
+            f"a float image must hold values in [0, 1], got {low:.4g} to {high:.4g}; "
             "for 0..255 values divide by 255 or pass a uint8 tensor"
         )
     TF = _tf()

@@ -12,9 +12,11 @@ be cheaper than the reference.
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import subprocess
 import sys
+
+from benchutil import interleaved_medians
 
 _TIMED = "import time; t = time.perf_counter(); {stmt}; print(time.perf_counter() - t)"
 UNWANTED = ("torchvision", "bcos_zoo.cli", "bcos_zoo.training", "bcos_zoo.data", "matplotlib")
@@ -37,11 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     statements = {"torch, torchvision": "import torch, torchvision", "bcos_zoo": "import bcos_zoo"}
-    times: dict[str, list[float]] = {name: [] for name in statements}
-    for _ in range(args.repeats):  # interleaved, so both see the same machine load
-        for name, stmt in statements.items():
-            times[name].append(timed(stmt))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = interleaved_medians({name: functools.partial(timed, stmt) for name, stmt in statements.items()},
+                                  args.repeats)  # fmt: skip
     for name, value in medians.items():
         print(f"import {name}: {value * 1000:.0f} ms (median of {args.repeats})")
     print(f"ratio bcos_zoo / (torch, torchvision): {medians['bcos_zoo'] / medians['torch, torchvision']:.2f}")

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import difflib
 import json
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from bcos_zoo.transforms import create_transform
 
 __all__ = [
     "UsageError", "Parser", "int_in", "parse_key_values", "LoadedModel", "add_model_options", "model_from_args",
-    "shape_batches", "progress", "batch_count", "format_table", "fmt", "fmt_params", "pattern", "MAX_IMAGE_SIZE",
+    "shape_batches", "progress", "format_table", "fmt", "fmt_params", "pattern", "MAX_IMAGE_SIZE",
 ]  # fmt: skip
 
 MAX_IMAGE_SIZE = 4096  # --image-size: larger crops would allocate far more memory than any model needs
@@ -204,10 +203,6 @@ def progress(iterable: Iterable, total: int | None, desc: str) -> Iterable:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=None, leave=False, file=sys.stderr, dynamic_ncols=True)
-
-
-def batch_count(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

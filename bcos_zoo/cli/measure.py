@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Iterable
@@ -19,7 +20,7 @@ from bcos_zoo.data import FASHION_MNIST_CLASSES, image_folder_loader, load_fashi
 from bcos_zoo.localisation import ImageSource, image_batches
 
 from .common import (
-    LoadedModel, UsageError, add_model_options, batch_count, fmt, format_table, int_in, model_from_args, progress,
+    LoadedModel, UsageError, add_model_options, fmt, format_table, int_in, model_from_args, progress,
 )  # fmt: skip
 from .weights import card_dir
 
@@ -49,7 +50,7 @@ class EvalData:
     label: str
 
     def batches(self, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
-        return progress(image_batches(self.images, self.labels, batch_size), batch_count(len(self.labels), batch_size),
+        return progress(image_batches(self.images, self.labels, batch_size), math.ceil(len(self.labels) / batch_size),
                         "images")
 
 

@@ -48,15 +48,11 @@ def _notes(record: dict[str, Any]) -> str:
     )
 
 
-def _transform(values: dict[str, Any]) -> TransformConfig:
-    return TransformConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
 def _spec(record: dict[str, Any]) -> WeightSpec:
     dataset = record["dataset"]
     return WeightSpec(
         arch=record["arch"], tag=record["tag"], sources=(PackageFile(record["filename"], record["sha256"]),),
-        num_classes=len(record["classes"]), transform=_transform(record["transform"]), classes=record["classes"],
+        num_classes=len(record["classes"]), transform=TransformConfig.from_dict(record["transform"]), classes=record["classes"],
         dataset=dataset, metrics={dataset: {k: record["metrics"][k] for k in ("top1", "top5")}},
         num_params=record["num_params"], model_kwargs=record["model_kwargs"], license=record["license"],
         paper=BCOS_V2_PAPER, citation=BCOS_V2_CITATION, recipe=_recipe(record), notes=_notes(record),
