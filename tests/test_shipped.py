@@ -110,6 +110,7 @@ def test_tampered_shipped_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_p
         bcos_zoo.create_model("bcos_resnet20_cifar.fmnist", pretrained=True)
 
 
+@pytest.mark.slow  # about 25 s: three epochs on an ImageFolder of real images
 def test_finetune_shipped_model_on_two_classes(tmp_path: Path) -> None:
     """Adapt the shipped ResNet to a 2-class task (T-shirt vs. trouser) from an ImageFolder of real
     test images, training only the new classifier for three short epochs: it must beat chance clearly."""
