@@ -7,3 +7,4 @@ from .convnext import *  # noqa: F401,F403
 from .vit import *  # noqa: F401,F403
 from .simple9 import *  # noqa: F401,F403
 from .v1 import *  # noqa: F401,F403
+from .standard_resnet import *  # noqa: F401,F403
