@@ -16,7 +16,7 @@ from . import models  # noqa: F401  (registers the architectures)
 from . import pretrained as _pretrained_tables  # noqa: F401  (registers the official and shipped weights)
 from .builder import Pretrained, create_model, load_model
 from .checkpoint import read_header, read_state_dict, save_weights
-from .errors import CheckpointError, DownloadError, HashMismatchError, OfflineError
+from .errors import CheckpointError, DownloadError, HashMismatchError, OfflineError, TrustOnFirstUseWarning
 from .explain import Explanation, explain, explain_topk, gradient_to_image
 from .fetch import cache_dir
 from .layers import explanation_mode
@@ -34,5 +34,5 @@ __all__ = [
     "WeightHeader", "HubFile", "UrlFile", "PackageFile", "release_file", "read_header", "read_state_dict",
     "save_weights", "cache_dir", "explain", "explain_topk", "Explanation", "gradient_to_image", "explanation_mode",
     "AddInverse", "TransformConfig", "create_transform", "CheckpointError", "DownloadError", "HashMismatchError",
-    "OfflineError",
+    "OfflineError", "TrustOnFirstUseWarning",
 ]  # fmt: skip

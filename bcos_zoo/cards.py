@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .records import DATASET_NAMES, HubFile, PackageFile, Source, WeightSpec
+from .records import DATASET_NAMES, HubFile, PackageFile, Source, UrlFile, WeightSpec
 from .registry import default_weights
 from .torchhub import torch_hub_repo
 
@@ -18,8 +18,16 @@ __all__ = ["CARD_NAME", "TABLE_END", "TABLE_START", "render_card", "render_table
 TABLE_START, TABLE_END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 CARD_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+\.md$")
 _IMAGENET_TERMS = (
-    "These weights were trained on ImageNet-1k and are subject to the ImageNet terms of access: non-commercial "
+    "These weights were trained on {dataset} and are subject to the ImageNet terms of access: non-commercial "
     "research and educational use only."
+)
+_IMAGENET_DATASETS = ("imagenet-1k", "imagenet-100")  # ImageNet-100 is a subset of ImageNet-1k
+_TRUST_ON_FIRST_USE = (
+    "The publisher gives no hash for this file, so bcos-zoo trusts its first download: it records the file's SHA-256 "
+    "in the cache (`weights/{name}.trusted.sha256` in `$BCOS_ZOO_CACHE`, default `~/.cache/bcos_zoo`) and says so "
+    "in a `TrustOnFirstUseWarning` that shows the digest. Every later download must have that SHA-256 and is "
+    "otherwise refused (`HashMismatchError`, naming both digests). If the publisher really replaced the file, "
+    "delete that record to trust the new one."
 )
 
 
@@ -37,6 +45,8 @@ def _source_line(source: Source) -> str:
         where = source.url
     if source.sha256:
         return f"{where} (SHA-256 `{source.sha256}`)"
+    if isinstance(source, UrlFile) and source.trust_on_first_use:
+        return f"{where} (no published hash: trusted on first use, see Integrity)"
     prefix = getattr(source, "sha256_prefix", None)
     return f"{where} (SHA-256 prefix `{prefix}`)" if prefix else where
 
@@ -92,9 +102,10 @@ def _licence(spec: WeightSpec) -> list[str]:
     text = [
         f"`{spec.license_name or spec.license or 'unknown'}`" + (f": {spec.license_link}" if spec.license_link else "")
     ]
-    if spec.dataset == "imagenet-1k" and spec.license == "other":
-        text.insert(0, _IMAGENET_TERMS)
-    return ["## Licence", "", " ".join(text) + ". The bcos-zoo code is Apache-2.0.", ""]
+    if spec.dataset in _IMAGENET_DATASETS and spec.license == "other":
+        text.insert(0, _IMAGENET_TERMS.format(dataset=DATASET_NAMES[spec.dataset]))
+    note = [spec.license_note, ""] if spec.license_note else []
+    return ["## Licence", "", " ".join(text) + ". The bcos-zoo code is Apache-2.0.", "", *note]
 
 
 def render_card(spec: WeightSpec) -> str:
@@ -138,6 +149,8 @@ def render_card(spec: WeightSpec) -> str:
     if spec.paper:
         lines.append(f"- Paper: {spec.paper}")
     lines.append("")
+    if spec.trust_on_first_use:
+        lines += ["## Integrity", "", _TRUST_ON_FIRST_USE.format(name=spec.name), ""]
     if spec.recipe:
         lines += ["## Training recipe", "", spec.recipe, ""]
     lines += _licence(spec)

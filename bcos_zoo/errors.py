@@ -5,13 +5,15 @@
 - :class:`DownloadError`: a file could not be *fetched*; :class:`HashMismatchError` (it arrived, but
   is not the promised file) and :class:`OfflineError` (offline mode is on and it is not cached)
   are the two kinds a caller may want to tell apart.
+- :class:`TrustOnFirstUseWarning`: a file whose publisher gives no hash was downloaded for the
+  first time; its SHA-256 is now what later downloads must match.
 
 Every message names the file or URL and what to do about it.
 """
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DownloadError", "HashMismatchError", "OfflineError"]
+__all__ = ["CheckpointError", "DownloadError", "HashMismatchError", "OfflineError", "TrustOnFirstUseWarning"]
 
 
 class CheckpointError(RuntimeError):
@@ -28,3 +30,7 @@ class HashMismatchError(DownloadError):
 
 class OfflineError(DownloadError):
     """Offline mode is on and the file is not in the cache."""
+
+
+class TrustOnFirstUseWarning(UserWarning):
+    """A file without a published hash was trusted on its first download (its SHA-256 was recorded)."""

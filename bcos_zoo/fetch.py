@@ -6,6 +6,10 @@ source given as ``pretrained=URL`` or ``hf-hub:...``) into a verified local ``.s
 - a :class:`PackageFile` is checked against its SHA-256 and used in place;
 - a cached file is used when it still has the SHA-256 recorded when it was written and was made
   from a file the record names;
+- a file whose publisher gives no hash (``UrlFile(trust_on_first_use=True)``) is trusted on its
+  first download: its SHA-256 is recorded in ``<cache entry>.trusted.sha256`` (kept when the entry
+  is evicted) with a :class:`~bcos_zoo.errors.TrustOnFirstUseWarning`, and every later download
+  must have that SHA-256 or is refused with a :class:`~bcos_zoo.errors.HashMismatchError`;
 - otherwise the sources are tried in order. A download goes to a temporary file, is checked
   (SHA-256, then parsed as a checkpoint) and only then moved into the cache, so nothing unverified
   ever enters it. A PyTorch ``.pth`` is read once with ``torch.load(weights_only=True)`` and stored as
@@ -22,7 +26,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,14 +36,14 @@ import requests
 from tqdm.auto import tqdm
 
 from .checkpoint import check_finite, checkpoint_format, read_header, read_state_dict, save_weights
-from .errors import CheckpointError, DownloadError, HashMismatchError, OfflineError
+from .errors import CheckpointError, DownloadError, HashMismatchError, OfflineError, TrustOnFirstUseWarning
 from .files import atomic_write, file_lock, remove_stale_parts, sha256_file, temporary_next_to
 from .records import RELEASE_URL_ENV, HubFile, PackageFile, Source, UrlFile, WeightHeader, WeightSpec, redact_url
 from .version import __version__
 
 __all__ = [
     "CACHE_ENV", "OFFLINE_ENVS", "cache_dir", "offline_reason", "weight_file", "source_file", "cache_state",
-    "evict",
+    "evict", "trust_record",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "BCOS_ZOO_CACHE"
 OFFLINE_ENVS = ("BCOS_ZOO_OFFLINE", "HF_HUB_OFFLINE")
 _CHUNK = 1 << 20
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def cache_dir() -> Path:
@@ -139,15 +146,60 @@ def _cached_ok(path: Path) -> bool:
 
 
 def _made_from_record(spec: WeightSpec, path: Path) -> bool:
-    """Whether a cached file came from a file the record names (by hash), so that a record that now
-    points to other files (a new version, another mirror) is fetched again."""
+    """Whether a cached file came from a file the record names (by hash, or the one trusted on first
+    use), so that a record that now points to other files (a new version, another mirror) is fetched again."""
     expected = [h for s in spec.sources for h in (s.sha256, getattr(s, "sha256_prefix", None)) if h]
+    trusted = _trusted_sha256(path) if spec.trust_on_first_use else None
+    expected += [trusted] if trusted else []
     made_from = [_recorded_sha256(path) or "", read_header(path).source_sha256 or ""]
     if not expected or any(a.startswith(e) for a in made_from if a for e in expected):
         return True
     log.warning("cached %s was made from another file than %s names; fetching it again", path, spec.name)
     evict(path)
     return False
+
+
+# ------------------------------------------------------------------------------------ trust on first use
+
+
+def trust_record(entry: Path) -> Path:
+    """Where the SHA-256 of a file without a published hash is kept after its first download:
+    ``<name>.trusted.sha256`` next to the cache entry ``<name>.safetensors`` made from it."""
+    return entry.with_name(entry.name.removesuffix(".safetensors") + ".trusted.sha256")
+
+
+def _trusted_sha256(entry: Path) -> str | None:
+    """The SHA-256 trusted on the first download of the file behind ``entry``; ``None`` before that."""
+    record = trust_record(entry)
+    try:
+        words = record.read_bytes().decode("ascii").split()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        words = []
+    if words and _SHA256_RE.match(words[0]):
+        return words[0]
+    raise DownloadError(f"the trust-on-first-use record {record} is damaged; delete it to trust the file anew")
+
+
+def _trust(entry: Path, digest: str, url: str, name: str) -> None:
+    """Record ``digest`` as the trusted SHA-256 of ``url`` (atomically) and say so in a warning."""
+    record = trust_record(entry)
+    with atomic_write(record) as tmp:
+        tmp.write_text(f"{digest}  {redact_url(url)}\n")
+    warnings.warn(TrustOnFirstUseWarning(
+        f"{name}: {redact_url(url)} publishes no hash, so it was trusted on first use: its SHA-256 {digest} is "
+        f"recorded in {record}, and a later download with another SHA-256 will be refused"
+    ), stacklevel=2)  # fmt: skip
+
+
+def _changed_since_trusted(url: str, digest: str, trusted: str, entry: Path) -> HashMismatchError:
+    record = trust_record(entry)
+    return HashMismatchError(
+        f"{redact_url(url)} is not the file trusted on its first download: SHA-256 mismatch, expected {trusted} "
+        f"(recorded in {record}), got {digest}; the file was refused. If the publisher really replaced it, "
+        f"delete {record} and load the weights again to trust the new file."
+    )
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
@@ -237,6 +289,7 @@ def _store(raw: Path, target: Path, header: WeightHeader, *, move: bool) -> Path
 
 def _from_url(source: UrlFile, target: Path, header: WeightHeader) -> Path:
     url, expected = source.describe(), source.sha256 or source.sha256_prefix
+    trusted = _trusted_sha256(target) if source.trust_on_first_use else None
     dropped = cache_dir() / "downloads" / source.filename  # an official file a user put here by hand
     dropped_sha = sha256_file(dropped) if expected and dropped.is_file() else ""
     if dropped_sha and dropped_sha.startswith(expected):
@@ -246,8 +299,13 @@ def _from_url(source: UrlFile, target: Path, header: WeightHeader) -> Path:
     remove_stale_parts(target.parent)
     with temporary_next_to(target) as tmp:
         digest = _stream(url, tmp, progress=True)
+        if trusted is not None and digest != trusted:
+            raise _changed_since_trusted(url, digest, trusted, target)
         _check_sha256(digest, expected, redact_url(url))
-        return _store(tmp, target, replace(header, source_sha256=digest), move=True)
+        stored = _store(tmp, target, replace(header, source_sha256=digest), move=True)
+    if source.trust_on_first_use and trusted is None:  # only a file that parsed as a checkpoint is trusted
+        _trust(target, digest, url, header.weight or redact_url(url))
+    return stored
 
 
 def _from_hub(source: HubFile, target: Path, header: WeightHeader) -> Path:
@@ -291,10 +349,11 @@ def _fetch_failed(name: str, target: Path, failures: list[tuple[Source, Download
     lines = [f"could not get weights {name}:"] + [f"  - {redact_url(s.describe())}: {e}" for s, e in failures]
     var = offline_reason()
     if cls is OfflineError:
+        hashed = any(isinstance(s, UrlFile) and (s.sha256 or s.sha256_prefix) for s, _ in failures)
+        drop = f"copy an official .pth above into {cache_dir() / 'downloads'}/, " if hashed else ""
         lines.append(
             f"Offline mode is on ({var}=1) and the weights are not in the cache ({target}). Unset {var} to "
-            f"download them, copy an official .pth above into {cache_dir() / 'downloads'}/, copy a bcos-zoo cache "
-            "(set BCOS_ZOO_CACHE), or pass pretrained='/path/to/file'."
+            f"download them, {drop}copy a bcos-zoo cache (set BCOS_ZOO_CACHE), or pass pretrained='/path/to/file'."
         )
     elif any(isinstance(s, UrlFile) and s.mirror_env for s, _ in failures):
         lines.append(f"To use a mirror of the release, set {RELEASE_URL_ENV}; or download the file and pass its path.")

@@ -32,7 +32,10 @@ __all__ = [
 ]  # fmt: skip
 
 #: how dataset ids of the records are written for people
-DATASET_NAMES = {"imagenet-1k": "ImageNet-1k", "fashion_mnist": "Fashion-MNIST"}
+DATASET_NAMES = {
+    "imagenet-1k": "ImageNet-1k", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
+    "imagenet-100": "ImageNet-100 (the first 100 ImageNet-1k classes)",
+}  # fmt: skip
 OFFICIAL_RELEASE_URL = "https://github.com/B-cos/B-cos-v2/releases/download/v0.0.1-weights/"
 RELEASE_URL_ENV = "BCOS_ZOO_RELEASE_URL"
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent / "assets" / "weights"
@@ -117,16 +120,40 @@ class UrlFile:
         sha256_prefix: leading hex digits of its SHA-256 (official files carry them in their name).
         mirror_env: an environment variable that, when set, replaces the URL up to the file name
             (``BCOS_ZOO_RELEASE_URL`` for the official release).
+        trust_on_first_use: the publisher gives no hash (so ``sha256`` and ``sha256_prefix`` stay
+            unset): the SHA-256 of the first download is recorded in the cache, and a later download
+            with another SHA-256 is refused. A source without a hash and without this flag (a URL a
+            user passes as ``pretrained=``) is checked only by parsing it.
+
+    Example:
+        >>> UrlFile("https://host/s/token/download", trust_on_first_use=True).verification
+        'trust on first use'
     """
 
     url: str
     sha256: str | None = None
     sha256_prefix: str | None = None
     mirror_env: str | None = None
+    trust_on_first_use: bool = False
 
     def __post_init__(self) -> None:
         _check_hex(self.sha256, "UrlFile.sha256", range(64, 65))
         _check_hex(self.sha256_prefix, "UrlFile.sha256_prefix", range(8, 65))
+        if self.trust_on_first_use and (self.sha256 or self.sha256_prefix):
+            raise ValueError(
+                f"{redact_url(self.url)}: trust_on_first_use is for files without a published hash; "
+                "a file with a sha256 or sha256_prefix is verified against it instead"
+            )
+
+    @property
+    def verification(self) -> str:
+        """How a download of this file is verified: ``"sha256"``, ``"sha256 prefix"``,
+        ``"trust on first use"`` or ``"none"`` (parsed as a checkpoint only)."""
+        if self.sha256:
+            return "sha256"
+        if self.sha256_prefix:
+            return "sha256 prefix"
+        return "trust on first use" if self.trust_on_first_use else "none"
 
     @property
     def filename(self) -> str:
@@ -197,6 +224,8 @@ class WeightSpec:
         num_params: parameter count of the model (checked by the test suite).
         model_kwargs: architecture arguments the weights need (e.g. ``{"norm_layer": "bnu-linear"}``).
         license, license_name, license_link: SPDX id (or ``"other"`` with a name and a link).
+        license_note: what those fields cannot say (e.g. a repository whose README and LICENSE
+            file name different licences), shown in the card's licence section.
         paper, citation: paper URL and BibTeX entry.
         recipe: how the weights were trained.
         notes: anything else (provenance, known discrepancies).
@@ -217,6 +246,7 @@ class WeightSpec:
     license: str | None = None
     license_name: str | None = None
     license_link: str | None = None
+    license_note: str = ""
     paper: str | None = None
     citation: str | None = None
     recipe: str = ""
@@ -251,6 +281,11 @@ class WeightSpec:
     def sha256_prefix(self) -> str | None:
         """SHA-256 prefix of the first source known only by a prefix (official release files)."""
         return next((s.sha256_prefix for s in self.sources if isinstance(s, UrlFile) and s.sha256_prefix), None)
+
+    @property
+    def trust_on_first_use(self) -> bool:
+        """Whether a source of these weights publishes no hash and is trusted on first use."""
+        return any(isinstance(s, UrlFile) and s.trust_on_first_use for s in self.sources)
 
     @property
     def build_kwargs(self) -> dict[str, Any]:

@@ -49,14 +49,18 @@ def test_the_34_official_weights_are_registered_under_their_names():
 def test_record_is_complete(name):
     spec = bcos_zoo.get_weights(name)
     assert spec.name == name == name.lower() and spec.sources
-    assert spec.sha256 is not None or (spec.sha256_prefix is not None and len(spec.sha256_prefix) >= 8)
+    hashed = spec.sha256 is not None or (spec.sha256_prefix is not None and len(spec.sha256_prefix) >= 8)
+    assert hashed != spec.trust_on_first_use  # a published hash, or explicitly none (v1, CoDA-Nets): never both
     assert isinstance(spec.transform, TransformConfig) and spec.transform.describe()
     assert spec.classes is not None and len(spec.classes) == spec.num_classes
     if spec.dataset == "imagenet-1k":
         assert spec.classes == IMAGENET_CLASSES and spec.classes[0] == "tench"
-    top1, top5 = spec.metrics[spec.dataset]["top1"], spec.metrics[spec.dataset]["top5"]
-    assert 0 < top1 < top5 < 100
-    assert isinstance(spec.num_params, int) and spec.num_params > 0
+    # the v1 and CoDA-Nets repositories publish no per-file accuracy, and their counts are not typed in
+    assert spec.trust_on_first_use or (spec.metrics and spec.num_params is not None)
+    if spec.metrics:
+        top1, top5 = spec.metrics[spec.dataset]["top1"], spec.metrics[spec.dataset]["top5"]
+        assert 0 < top1 < top5 < 100
+    assert spec.num_params is None or (isinstance(spec.num_params, int) and spec.num_params > 0)
     assert spec.license and (spec.license != "other" or (spec.license_name and spec.license_link))
     assert spec.paper and spec.citation and spec.recipe
     json.dumps(spec.to_dict())  # serialisable, e.g. as a hub repository's config.json
@@ -74,7 +78,8 @@ def test_one_default_per_architecture_and_it_is_the_best():
     specs = [bcos_zoo.get_weights(n) for n in bcos_zoo.list_weights()]
     for arch in {s.arch for s in specs}:
         default = bcos_zoo.get_weights(arch)
-        assert default.arch == arch and default.top1() == max(s.top1() for s in specs if s.arch == arch)
+        measured = [s.top1() for s in specs if s.arch == arch and s.top1() is not None]
+        assert default.arch == arch and (not measured or default.top1() == max(measured))
     assert bcos_zoo.get_weights("bcos_resnet50").tag == "long_in1k"
     assert bcos_zoo.get_weights("bcos_densenet121").tag == "long_in1k"
 
@@ -94,7 +99,7 @@ def test_every_weights_architecture_is_registered():
     assert not missing, f"weights registered for architectures that do not exist: {missing}"
 
 
-@pytest.mark.parametrize("name", bcos_zoo.list_weights())
+@pytest.mark.parametrize("name", [n for n in bcos_zoo.list_weights() if bcos_zoo.get_weights(n).num_params])
 def test_num_params_equal_the_built_model(name):
     spec = bcos_zoo.get_weights(name)
     if not bcos_zoo.is_model(spec.arch):
