@@ -54,9 +54,9 @@ def _licence(repo: str) -> dict[str, str]:
         "license_name": "non-commercial-research",
         "license_link": f"https://github.com/moboehle/{repo}/blob/HEAD/LICENSE",
         "license_note": (
-            f"The LICENSE file of moboehle/{repo} grants use for non-commercial research, education and artistic "
-            "projects only, while its README says the code is licensed under the BSD License 2.0. The two "
-            "disagree; both are recorded here, and the non-commercial terms are the safe reading."
+            f"The LICENSE file of moboehle/{repo} is a licence for non-commercial research use only, while its "
+            "README says the code is licensed under the BSD License 2.0. The two disagree; both are recorded here, "
+            "and the non-commercial terms are the safe reading."
         ),
     }
 
