@@ -11,6 +11,7 @@ from .bcos import (
     init_bcos_weights_,
     patch_norms,
 )
+from .dau import DAU_NORMS, CoDAConv2d, DAUWeights
 from .detach import Detachable, InputIndependentTerm, explanation_mode, model_in_explanation_mode
 from .logit import LogitLayer, default_logit_bias
 from .norms import (
@@ -40,5 +41,5 @@ __all__ = [
     "NORM_NAMES", "AllNorm2d", "AllNormUncentered2d", "BatchNorm2d", "BatchNormUncentered2d",
     "DetachableGNInstanceNorm2d", "DetachableGNLayerNorm2d", "DetachableGroupNorm2d", "DetachableLayerNorm",
     "DetachablePositionNorm2d", "GNInstanceNormUncentered2d", "GNLayerNormUncentered2d", "GroupNormUncentered2d",
-    "NormFactory", "PositionNormUncentered2d", "get_norm_layer",
+    "NormFactory", "PositionNormUncentered2d", "get_norm_layer", "CoDAConv2d", "DAUWeights", "DAU_NORMS",
 ]  # fmt: skip
