@@ -47,10 +47,17 @@ V1_CIFAR_NAMES = {
     2.0: "bcos_simple9_cifar.v1_b2_cifar10", 2.25: "bcos_simple9_cifar.v1_b2_25_cifar10",
     2.5: "bcos_simple9_cifar.v1_b2_5_cifar10",
 }  # fmt: skip
+# §14b: logit temperature T of 9L-S-CoDA-SQ-<T> -> nextcloud token (CIFAR-10, epoch 200); ImageNet-100 (epoch 60)
+CODA_CIFAR = {10: "H8FgwMHJTTTYDJw", 50: "SqPBioqmxEWbH9g", 100: "yk7LajwLwpXXzf5", 500: "zfeYMASLtKNGgsQ",
+              1000: "8ykMc8XLQMtCxHo", 5000: "6iY992FYEsfHkeA"}  # fmt: skip
+CODA_IN100 = ("coda_simple9_in100.sq100000_in100", "pArrgmncXAAiH5R", 1e5)
 SIMPLE9_SHAPES = [(128, 6, 3, 3), (128, 64, 3, 3), (256, 64, 3, 3), (256, 128, 3, 3), (256, 128, 3, 3),
                   (512, 128, 3, 3), (512, 256, 3, 3), (512, 256, 3, 3), (20, 256, 1, 1)]  # fmt: skip
-ALL_NAMES = [name for name, _, _ in V1_IMAGENET.values()] + list(V1_CIFAR_NAMES.values())
+V1_NAMES = [name for name, _, _ in V1_IMAGENET.values()] + list(V1_CIFAR_NAMES.values())
+CODA_NAMES = [f"coda_simple9_cifar.sq{t}_cifar10" for t in CODA_CIFAR] + [CODA_IN100[0]]
+ALL_NAMES = V1_NAMES + CODA_NAMES
 TEST_NAME = V1_CIFAR_NAMES[1.25]
+CODA_NAME = "coda_simple9_cifar.sq1000_cifar10"
 
 
 def sha256(data: bytes) -> str:
@@ -91,22 +98,31 @@ def reference() -> dict[int, torch.Tensor]:
 
 
 @pytest.fixture
-def served(weights_env: Path, monkeypatch: pytest.MonkeyPatch):
-    """A loopback server, and the test weight re-registered to fetch from it (like the nextcloud share)."""
+def serve(weights_env: Path):
+    """``serve(name)``: a loopback server, and the weight ``name`` re-registered to fetch from it as from its
+    nextcloud share; returns the server, the path it serves and the cache entry of the weight."""
     with LoopbackServer() as server:
-        path = "/index.php/s/testToken123/download"
-        spec = bcos_zoo.get_weights(TEST_NAME)
-        bcos_zoo.register_weights(
-            dataclasses.replace(spec, sources=(UrlFile(server.url + path, trust_on_first_use=True),)), replace=True
-        )
-        yield server, path, weights_env / "weights" / f"{TEST_NAME}.safetensors"
+
+        def re_register(name: str) -> tuple[LoopbackServer, str, Path]:
+            path = f"/index.php/s/test-{name.replace('.', '-')}/download"
+            source = UrlFile(server.url + path, trust_on_first_use=True)
+            bcos_zoo.register_weights(dataclasses.replace(bcos_zoo.get_weights(name), sources=(source,)), replace=True)
+            return server, path, weights_env / "weights" / f"{name}.safetensors"
+
+        yield re_register
+
+
+@pytest.fixture
+def served(serve):
+    return serve(TEST_NAME)
 
 
 # --------------------------------------------------------------------------------------------- records
 
 
 def test_every_official_file_is_registered_with_the_facts():
-    assert sorted(bcos_zoo.list_weights(["bcos_v1_*", "bcos_simple9_cifar.v1_*"])) == sorted(ALL_NAMES)
+    official = bcos_zoo.list_weights(["bcos_v1_*", "bcos_simple9_cifar.v1_*", "coda_*.sq*"])
+    assert sorted(official) == sorted(ALL_NAMES)
     for experiment, (name, token, temperature) in V1_IMAGENET.items():
         spec = bcos_zoo.get_weights(name)
         assert [s.url for s in spec.sources] == [NEXTCLOUD.format(token)] and f"`{experiment}`" in spec.notes
@@ -125,6 +141,18 @@ def test_every_official_file_is_registered_with_the_facts():
         assert kw["logit_bias"] == pytest.approx(math.log(0.1 / 0.9)) and spec.num_classes == 10
         assert spec.dataset == "cifar10" and spec.classes[:2] == ("airplane", "automobile")
         assert (spec.transform.resize_size, spec.transform.crop_size) == (32, 32)
+    for t, token in CODA_CIFAR.items():
+        spec = bcos_zoo.get_weights(f"coda_simple9_cifar.sq{t}_cifar10")
+        assert [s.url for s in spec.sources] == [NEXTCLOUD.format(token)] and f"`9L-S-CoDA-SQ-{t}`" in spec.notes
+        assert spec.model_kwargs == {"temperature": t, "norm": "squash", "logit_bias": pytest.approx(math.log(1 / 9))}
+        assert spec.num_classes == 10 and spec.dataset == "cifar10" and "model_epoch_200.pkl" in spec.notes
+        assert (spec.transform.resize_size, spec.transform.crop_size) == (32, 32)
+    name, token, temperature = CODA_IN100
+    spec = bcos_zoo.get_weights(name)
+    assert [s.url for s in spec.sources] == [NEXTCLOUD.format(token)] and "`9L-L-CoDA-SQ-100000`" in spec.notes
+    assert spec.model_kwargs["temperature"] == temperature and "model_epoch_60.pkl" in spec.notes
+    assert spec.num_classes == 100 and spec.classes == bcos_zoo.get_weights(V1_NAMES[0]).classes[:100]
+    assert (spec.transform.resize_size, spec.transform.crop_size) == (256, 240) and spec.dataset == "imagenet-100"
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
@@ -134,21 +162,25 @@ def test_record_says_no_hash_both_licences_recipe_and_preprocessing(name):
     assert source.trust_on_first_use and source.verification == "trust on first use" and spec.trust_on_first_use
     assert source.sha256 is None and source.sha256_prefix is None and spec.sha256 is None
     assert spec.metrics == {} and spec.num_params is None  # nothing beyond the facts is typed in
-    assert spec.license == "other" and spec.license_link == "https://github.com/moboehle/B-cos/blob/HEAD/LICENSE"
+    repo, family = ("B-cos", "B-cos v1") if name in V1_NAMES else ("CoDA-Nets", "CoDA-Nets")
+    assert spec.license == "other" and spec.license_link == f"https://github.com/moboehle/{repo}/blob/HEAD/LICENSE"
     assert "non-commercial" in spec.license_note and "BSD License 2.0" in spec.license_note
-    assert spec.recipe.startswith("B-cos v1") and "epochs" in spec.recipe and "Adam" in spec.recipe
+    assert spec.recipe.startswith(family) and "epochs" in spec.recipe and "Adam" in spec.recipe
     assert spec.transform.in_chans == 6 and spec.transform.mean is None and spec.paper and spec.citation
     card = render_card(spec)
     assert "no published hash: trusted on first use" in card and f"weights/{name}.trusted.sha256" in card
     assert "BSD License 2.0" in card and "non-commercial research" in card
     with torch.device("meta"):  # the build arguments are ones the architecture takes
         model = bcos_zoo.create_model(spec.arch, **spec.build_kwargs)
-    assert model.logit_layer.logit_temperature == spec.model_kwargs["logit_temperature"]
+    temperature = spec.model_kwargs.get("logit_temperature", spec.model_kwargs.get("temperature"))  # CoDA's name
+    assert model.logit_layer.logit_temperature == temperature
 
 
 def test_defaults_and_the_no_hash_record_is_explicit():
     assert bcos_zoo.get_weights("bcos_v1_densenet121").name == "bcos_v1_densenet121.in1k"
     assert bcos_zoo.get_weights("bcos_simple9_cifar").tag == "fmnist"  # the shipped weights stay the default
+    shipped = [n for n in bcos_zoo.list_weights("coda_simple9_cifar") if not bcos_zoo.get_weights(n).trust_on_first_use]
+    assert bcos_zoo.get_weights("coda_simple9_cifar").name == (shipped[0] if shipped else CODA_NAME)  # the paper's
     with pytest.raises(ValueError, match="trust_on_first_use is for files without a published hash"):
         UrlFile("https://host/x/download", sha256_prefix="0123456789", trust_on_first_use=True)
     assert UrlFile("https://host/x/download").verification == "none"  # a plain URL is no trusted-on-first-use file
@@ -235,18 +267,32 @@ def test_v1_cifar_state_dict_loads_strictly_by_path(tmp_path, reference, legacy)
 
 def test_v1_imagenet_layouts_load_strictly(tmp_path):
     """``0.<net keys>`` of ``Sequential(net, pool, FinalLayer)``, also under DataParallel's ``module.``."""
-    torch.manual_seed(0)
     spec = bcos_zoo.get_weights("bcos_v1_densenet121.in1k")
-    source = bcos_zoo.create_model(spec.arch, **spec.build_kwargs)
-    own = source.state_dict()
-    x = torch.rand(1, 6, 32, 32)
-    expected = logits(source, x)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in bcos_zoo.create_model(spec.arch, **spec.build_kwargs).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    own = {k: torch.randn(shape, generator=g) for k, shape in shapes.items()}
+    path = tmp_path / "state_dict.pkl"
     for prefix in ("0.", "module.0."):
-        path = tmp_path / "state_dict.pkl"
         path.write_bytes(saved({prefix + k: v for k, v in own.items()}))
         model = bcos_zoo.create_model(spec.arch, pretrained=path, **spec.model_kwargs)
-        torch.testing.assert_close(logits(model, x), expected)
+        assert model.state_dict().keys() == own.keys()
+        assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
     missing = "features.denseblock4.denselayer16.conv2.linear.weight"
     path.write_bytes(saved({"0." + k: v for k, v in own.items() if k != missing} | {"0.extra.weight": own[missing]}))
     with pytest.raises(CheckpointError, match=rf"missing keys: {missing}[\s\S]*unexpected keys: extra\.weight"):
         bcos_zoo.create_model(spec.arch, pretrained=path, **spec.model_kwargs)
+
+
+def test_coda_checkpoint_by_name_from_the_server(serve, tmp_path):
+    """``model_epoch_200.pkl`` saved from a DataParallel model (``module.`` prefix), served like the nextcloud share."""
+    server, path, entry = serve(CODA_NAME)
+    spec = bcos_zoo.get_weights(CODA_NAME)
+    torch.manual_seed(0)
+    source = bcos_zoo.create_model(spec.arch, **spec.build_kwargs)
+    server.add_file(path, data := saved({f"module.{k}": v for k, v in source.state_dict().items()}))
+    with pytest.warns(TrustOnFirstUseWarning, match=sha256(data)):
+        model = bcos_zoo.create_model(CODA_NAME, pretrained=True)
+    x = torch.rand(1, 6, 8, 8)
+    torch.testing.assert_close(logits(model, x), logits(source, x), rtol=0, atol=0)
+    assert model.logit_layer.logit_temperature == 1000 and trust_record(entry).is_file()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..models.coda import CODA_LOGIT_BIAS, IN100_TRANSFORM
 from ..models.simple9 import v1_cifar_scale, v1_cifar_temperature
 from ..models.v1 import V1_INCEPTION_TRANSFORM, V1_LOGIT_BIAS, V1_TRANSFORM
 from ..records import UrlFile, WeightSpec
@@ -34,7 +35,7 @@ from ..registry import default_weights, register_weights
 from ..transforms import TransformConfig
 from .official import IMAGENET_CLASSES
 
-__all__ = ["CIFAR10_CLASSES", "NEXTCLOUD_URL", "V1_WEIGHTS", "nextcloud_file"]
+__all__ = ["CIFAR10_CLASSES", "CODA_WEIGHTS", "NEXTCLOUD_URL", "V1_WEIGHTS", "nextcloud_file", "v1_cifar_tag"]
 
 NEXTCLOUD_URL = "https://nextcloud.mpi-klsb.mpg.de/index.php/s/{token}/download"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -177,8 +178,66 @@ V1_WEIGHTS: tuple[WeightSpec, ...] = (
     *(_v1_cifar(b, token) for b, token in _V1_CIFAR),
 )
 
+
+# ------------------------------------------------------------------------------------------- CoDA-Nets
+
+CODA_PAPER = "https://arxiv.org/abs/2104.00032"
+CODA_CITATION = """@inproceedings{boehle2021coda,
+  title     = {Convolutional Dynamic Alignment Networks for Interpretable Classifications},
+  author    = {B{\\"o}hle, Moritz and Fritz, Mario and Schiele, Bernt},
+  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2021}
+}"""
+_CODA_CIFAR_TRAINING = (
+    "200 epochs, Adam with lr 2.5e-4 · 1.5^(-floor(epoch/30)), batch 8 with a virtual batch of 16 (gradient "
+    "accumulation), binary cross-entropy on the logits, horizontal flips and 32-pixel crops with 4-pixel padding"
+)
+_CODA_IN100_TRAINING = (
+    "the first 100 ImageNet-1k classes, 60 epochs, Adam with lr rising linearly from 2.5e-4 to 1e-3 over 15 epochs, "
+    "then 1e-3 / 2^floor(epoch/20), batch 4 with a virtual batch of 64, binary cross-entropy on the logits, "
+    "Resize 256, RandomCrop 240, horizontal flips and RandAugment (n=2, m=10); CenterCrop 240 for testing"
+)
+# logit temperature T of 9L-S-CoDA-SQ-<T> -> nextcloud token (epoch 200; none is published for T = 10000)
+_CODA_CIFAR: list[tuple[int, str]] = [
+    (10, "H8FgwMHJTTTYDJw"), (50, "SqPBioqmxEWbH9g"), (100, "yk7LajwLwpXXzf5"), (500, "zfeYMASLtKNGgsQ"),
+    (1000, "8ykMc8XLQMtCxHo"), (5000, "6iY992FYEsfHkeA"),
+]  # fmt: skip
+_CODA_IN100 = (100000, "pArrgmncXAAiH5R")
+
+
+def _coda(
+    arch: str, temperature: int, token: str, experiment: str, epoch: int, training: str, **fields: Any
+) -> WeightSpec:
+    """One CoDA-Nets checkpoint: squashing DAUs, ``x / T + log(0.1/0.9)``, a plain state dict ``model_epoch_<N>.pkl``."""
+    return WeightSpec(
+        arch=arch,
+        sources=(nextcloud_file(token),),
+        model_kwargs={"temperature": float(temperature), "norm": "squash", "logit_bias": CODA_LOGIT_BIAS},
+        paper=CODA_PAPER,
+        citation=CODA_CITATION,
+        recipe=f"CoDA-Nets `{experiment}`: {training}. Logit temperature {temperature:g}, logit bias log(0.1/0.9).",
+        notes=(
+            f"Official CoDA-Nets weights: `{experiment}` (`interpretability/utils.py::_model_urls`), epoch {epoch}, a "
+            f"plain state dict `model_epoch_{epoch}.pkl` whose keys `<i>.weight_mod.weighting_f.*` are this model's "
+            "(a DataParallel `module.` prefix is stripped when loading)."
+        ),
+        **_licence("CoDA-Nets"),
+        **fields,
+    )
+
+
+CODA_WEIGHTS: tuple[WeightSpec, ...] = (
+    *(
+        _coda("coda_simple9_cifar", t, token, f"9L-S-CoDA-SQ-{t}", 200, _CODA_CIFAR_TRAINING, tag=f"sq{t}_cifar10",
+              num_classes=10, transform=_CIFAR_TRANSFORM, classes=CIFAR10_CLASSES, dataset="cifar10")
+        for t, token in _CODA_CIFAR
+    ),
+    _coda("coda_simple9_in100", *_CODA_IN100, "9L-L-CoDA-SQ-100000", 60, _CODA_IN100_TRAINING, tag="sq100000_in100",
+          num_classes=100, transform=IN100_TRANSFORM, classes=IMAGENET_CLASSES[:100], dataset="imagenet-100"),
+)  # fmt: skip
+
 # What ``pretrained=True`` loads for an architecture that has no default yet (shipped weights stay defaults).
-PREFERRED = {"bcos_v1_densenet121.in1k", f"bcos_simple9_cifar.{v1_cifar_tag(2.0)}"}
+PREFERRED = {"bcos_v1_densenet121.in1k", f"bcos_simple9_cifar.{v1_cifar_tag(2.0)}", "coda_simple9_cifar.sq1000_cifar10"}
 
 
 def _register(specs: tuple[WeightSpec, ...]) -> None:
@@ -188,4 +247,4 @@ def _register(specs: tuple[WeightSpec, ...]) -> None:
         register_weights(spec, default=spec.arch in free and spec.name in PREFERRED)
 
 
-_register(V1_WEIGHTS)
+_register(V1_WEIGHTS + CODA_WEIGHTS)
