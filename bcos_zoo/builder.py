@@ -212,9 +212,17 @@ def build_model(model_cls: type[nn.Module], arch: str, pretrained: Pretrained | 
         **defaults: what the entry point sets (structure and family defaults); the weights' arguments
             override these, the user's override both unless they contradict the weights.
 
+        Two options are the builder's, not the architecture's: ``features_only=True`` (with
+            ``out_indices``, default all stages) returns the model as a feature extractor whose
+            forward gives the stages' maps (timm's convention; see ``model.feature_info``).
+
     Returns:
         The model with ``arch``, ``transform`` and ``pretrained_cfg`` (``None`` without weights).
     """
+    kwargs = dict(kwargs)
+    features_only, out_indices = kwargs.pop("features_only", False), kwargs.pop("out_indices", None)
+    if out_indices is not None and not features_only:
+        raise ValueError(f"{arch}: out_indices={out_indices!r} selects feature stages; pass features_only=True with it")
     _check_kwargs(arch, model_cls, kwargs, "")
     weights = pretrained if isinstance(pretrained, ResolvedWeights) else None
     if _wants_weights(pretrained) and weights is None:
@@ -228,6 +236,10 @@ def build_model(model_cls: type[nn.Module], arch: str, pretrained: Pretrained | 
     model.arch = arch
     model.transform = create_transform(_transform_for(model, transform, weights))
     model.pretrained_cfg = None if weights is None else weights.spec or _adhoc_spec(model, weights)
+    if features_only:
+        if not hasattr(model, "set_features_only"):
+            raise TypeError(f"{arch} has no feature stages (features_only=True); use a B-cos architecture or a ViT")
+        model.set_features_only(out_indices)
     return model
 
 

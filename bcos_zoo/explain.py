@@ -228,8 +228,12 @@ def _explain_selected(
             handles.append(_named_layer(model, layer).register_forward_hook(lambda _m, _i, out: layer_out.append(out)))
         try:
             with explanation_mode(model):
-                logits = model(inp)
-                scores = logits if layer is None else _channel_totals(layer_out, layer)
+                out = model(inp)
+                if layer is None and not isinstance(out, Tensor):
+                    raise TypeError(f"{type(model).__name__} returns {type(out).__name__}, not logits (features-only?); "
+                                    "explain a stage instead: layer=model.feature_info.module_name(i)")  # fmt: skip
+                scores = out if layer is None else _channel_totals(layer_out, layer)
+                logits = out if isinstance(out, Tensor) else scores  # a features-only model: its stage's totals
                 targets = select(scores)  # [B, K]
                 grads = _grads_per_target(scores.gather(1, targets), [inp, *constants])
         finally:

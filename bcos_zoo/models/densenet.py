@@ -20,6 +20,7 @@ from ..builder import Pretrained, build_model
 from ..layers import ConvFactory, NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
+from ._features import FeatureStage
 
 __all__ = ["BcosDenseNet", "DenseBlock", "DenseLayer", "Transition"]
 
@@ -125,6 +126,18 @@ class BcosDenseNet(BcosFeaturesClassifier):
         self.num_features = channels
         self.classifier = self._new_classifier(num_classes)
         init_bcos_weights_(self)
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The stem (after its norm, before pooling), the first dense blocks and the final norm, as in timm."""
+        stem = self.features.conv0
+        stages, reduction = [FeatureStage("features.norm0", stem.out_channels, stem.stride[0])], stem.stride[0] * 2
+        blocks = [(n, m) for n, m in self.features.named_children() if isinstance(m, DenseBlock)]
+        for i, (name, block) in enumerate(blocks):
+            first, last = block["denselayer1"], list(block.values())[-1]
+            channels = first.conv1.in_channels + len(block) * last.conv2.out_channels
+            stages.append(FeatureStage("features." + (name if i < len(blocks) - 1 else "norm5"), channels, reduction))
+            reduction *= 2
+        return stages
 
 
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..registry import register_model
 from ..builder import Pretrained, build_model
@@ -29,6 +29,7 @@ from ..layers import bcos_conv_factory, init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
+from ._features import FeatureStage, Step
 
 __all__ = ["BcosSimple9", "v1_cifar_scale", "v1_cifar_temperature"]
 
@@ -73,6 +74,7 @@ class BcosSimple9(BcosModelMixin, nn.Module):
     """
 
     _classifier_path = _head_path = "8"
+    _head_modules = ("8",)
 
     def __init__(
         self,
@@ -99,15 +101,22 @@ class BcosSimple9(BcosModelMixin, nn.Module):
         self.add_module("8", self._new_classifier(num_classes))  # 1×1, stride 1, no padding
         init_bcos_weights_(self)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _feature_steps(self) -> list[Step]:
         """Convs 0-7: ``[N, in_chans, H, W] -> [N, 256, H/4, W/4]``."""
+        return [(str(i), self.get_submodule(str(i))) for i in range(8)]
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The output before each strided conv (convs 1 and 4) and of the last one (7)."""
+        stages, reduction = [], 1
         for i in range(8):
-            x = self.get_submodule(str(i))(x)
-        return x
+            if i == 7 or STRIDES[i + 1] > 1:
+                stages.append(FeatureStage(str(i), WIDTHS[i], reduction))
+                reduction *= STRIDES[i + 1] if i < 7 else 1
+        return stages
 
     def get_feature_extractor(self) -> nn.Module:
         """A new ``nn.Sequential`` of convs 0-7, sharing this model's modules."""
-        return nn.Sequential(*(self.get_submodule(str(i)) for i in range(8)))
+        return nn.Sequential(*(step for _, step in self._feature_steps()))
 
 
 SMALL_TRANSFORM = TransformConfig(resize_size=None, crop_size=None)

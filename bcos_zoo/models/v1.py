@@ -40,6 +40,7 @@ from ..layers import BcosConv2d, ConvFactory, bcos_conv_factory, init_bcos_weigh
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
+from ._features import FeatureStage, Step
 from ._wrapped import WrappedCheckpointMixin
 from .densenet import BcosDenseNet
 from .resnet import BasicBlock, BcosResNet
@@ -276,6 +277,8 @@ _INCEPTION_EARLY = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "avgpool1
                     "avgpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
                     "Mixed_6e")  # fmt: skip
 _INCEPTION_LATE = ("Mixed_7a", "Mixed_7b", "Mixed_7c")
+_INCEPTION_STAGES = (("Conv2d_2b_3x3", 64, 2), ("Conv2d_4a_3x3", 192, 4), ("Mixed_5d", 288, 8), ("Mixed_6e", 768, 16),
+                     ("Mixed_7c", 2048, 32))  # fmt: skip
 
 
 class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
@@ -290,6 +293,7 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
     """
 
     _classifier_path = _head_path = "fc"
+    _head_modules = ("fc", "AuxLogits")
     scale_fact = 200.0
 
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 6, b: float = 2, max_out: int = 2,
@@ -320,9 +324,13 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
             x = self.get_submodule(name)(x)
         return x
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _feature_steps(self) -> list[Step]:
         """``[N, in_chans, 299, 299] -> [N, 2048, 8, 8]``."""
-        return self._run(_INCEPTION_LATE, self._run(_INCEPTION_EARLY, x))
+        return [(name, self.get_submodule(name)) for name in _INCEPTION_EARLY + _INCEPTION_LATE]
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """timm's Inception-v3 stages (nominal reductions: the unpadded convs shrink the maps a little more)."""
+        return [FeatureStage(*s) for s in _INCEPTION_STAGES]
 
     def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Main logits and the raw auxiliary logits (v1 trained them with BCE, weight 0.5)."""
