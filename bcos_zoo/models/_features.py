@@ -179,13 +179,12 @@ class FeaturesMixin:
         self.grad_checkpointing = bool(enable)
 
     def _run_step(self, step: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """One step; with gradient checkpointing each block of an ``nn.Sequential`` is its own checkpoint."""
+        """One step; with gradient checkpointing, as one checkpoint (called as a whole, so hooks on
+        the step's module, e.g. ``explain(layer=...)``'s, still see its output)."""
         if not (self.grad_checkpointing and torch.is_grad_enabled()):
             return step(x)
-        for part in step if type(step) is nn.Sequential else (step,):
-            x = checkpoint(part, x, use_reentrant=False,
-                           context_fn=lambda p=part: (contextlib.nullcontext(), _buffers_restored(p)))  # fmt: skip
-        return x
+        restore = lambda: (contextlib.nullcontext(), _buffers_restored(step))  # noqa: E731
+        return checkpoint(step, x, use_reentrant=False, context_fn=restore)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Every step in order: the features the head classifies (``[N, C, h, w]``; ViTs: ``[N, tokens, dim]``)."""
