@@ -207,14 +207,13 @@ def build_model(model_cls: type[nn.Module], arch: str, pretrained: Pretrained | 
         model_cls: the family's class.
         arch: the registered architecture name.
         pretrained: see the module docstring (or weights already resolved by :func:`create_model`).
-        kwargs: the user's keyword arguments, as given; unknown names raise ``TypeError``.
+        kwargs: the user's keyword arguments, as given; unknown names raise ``TypeError``. Two are
+            the builder's own (so every entry point, torch.hub's too, takes them): ``features_only=True``
+            and ``out_indices`` (default: all stages) return the model as a feature extractor whose
+            forward gives the stages' maps (timm's convention; see ``model.feature_info``).
         transform: the family's evaluation preprocessing (replaced by the weights' own).
         **defaults: what the entry point sets (structure and family defaults); the weights' arguments
             override these, the user's override both unless they contradict the weights.
-
-        Two options are the builder's, not the architecture's: ``features_only=True`` (with
-            ``out_indices``, default all stages) returns the model as a feature extractor whose
-            forward gives the stages' maps (timm's convention; see ``model.feature_info``).
 
     Returns:
         The model with ``arch``, ``transform`` and ``pretrained_cfg`` (``None`` without weights).

@@ -278,6 +278,9 @@ def explain(
     output is dynamic linear in ``x`` too, so ``contribution_map.sum((-2, -1)) + bias_contribution``
     equals it; ``bias_contribution`` then holds only input-independent terms (no logit bias), and
     ``target`` holds the explained channels (``logits`` and ``prediction`` are still the model's).
+    The feature stages are named by ``model.feature_info.module_name(i)``; a features-only model
+    (``create_model(..., features_only=True)``) can only be explained this way, and its ``logits``
+    are then the layer's channel totals.
 
     Args:
         model: a B-cos model (in eval mode; a warning is given otherwise).

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bcos_zoo
+from bcos_zoo.builder import build_model
 from bcos_zoo.models.convnext import StageConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -46,43 +47,43 @@ def build(family: str, **extra) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 def check_declared_stages(model: torch.nn.Module, size: int) -> None:
-    """feature_info matches the maps forward_intermediates returns (on the meta device: no compute)."""
-    x = torch.empty(1, model.in_chans, size, size, device="meta")
+    """feature_info matches the maps forward_intermediates returns (on the model's device; meta: no compute)."""
+    device = next(model.parameters()).device
+    x = torch.rand(1, model.in_chans, size, size, device=device)
     info = model.feature_info
-    final, maps = model.forward_intermediates(x)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert final.shape == model.forward_features(x).shape
     assert len(maps) == len(info) > 0 and info.out_indices == tuple(range(len(info)))
     names = dict(model.named_modules())
     for i, fmap in enumerate(maps):
         assert info.module_name(i) in names
         assert fmap.shape[1] == info.channels(i)
-        assert round(math.log2(size / fmap.shape[-1])) == math.log2(info.reduction(i))  # nominal: Inception's maps are smaller
-    assert final.shape == model.forward_features(x).shape
+        assert round(math.log2(size / fmap.shape[-1])) == math.log2(info.reduction(i))  # nominal (Inception: smaller)
     if maps[-1].dim() == final.dim():  # CNNs: the last stage is what the head classifies
         assert maps[-1].shape == final.shape
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+VARIANTS = ("resnext", "v1_resnet", "v1_densenet", "standard_vit")  # the same code as another family: slow only
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in VARIANTS else f for f in FAMILIES])
 def test_feature_info_describes_the_maps(family):
-    name, kwargs, size = FAMILIES[family]
-    with torch.device("meta"):
-        model = bcos_zoo.create_model(name, **kwargs)
-    check_declared_stages(model, size)
+    model, x = build(family)
+    check_declared_stages(model, x.shape[-1])
 
 
-def test_full_size_layouts_have_timms_stages():
-    with torch.device("meta"):
-        resnet = bcos_zoo.create_model("bcos_resnet50")
-        inception = bcos_zoo.create_model("bcos_v1_inception_v3")
-    assert resnet.feature_info.module_name() == ["bn1", "layer1", "layer2", "layer3", "layer4"]
-    assert resnet.feature_info.channels() == [64, 256, 512, 1024, 2048]
-    assert resnet.feature_info.reduction() == [2, 4, 8, 16, 32]
-    assert inception.feature_info.channels() == [64, 192, 288, 768, 2048]
-    check_declared_stages(inception, 299)
+def test_full_width_resnet_has_timms_stages():
+    info = bcos_zoo.create_model("bcos_resnet50", layers=[1, 1, 1, 1]).feature_info  # full widths, fewer blocks
+    assert info.module_name() == ["bn1", "layer1", "layer2", "layer3", "layer4"]
+    assert (info.channels(), info.reduction()) == ([64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32])
+    assert info[2] == {"module": "layer2", "num_chs": 512, "reduction": 8, "index": 2}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", [a for a in bcos_zoo.list_models() if not a.startswith("standard_resnet")])
 def test_every_architecture_declares_its_stages(arch):
+    """Every registered architecture at full size, on the meta device (no memory, no compute)."""
     with torch.device("meta"):
         model = bcos_zoo.create_model(arch)
     small = any(k in arch for k in ("cifar", "vit"))
@@ -137,13 +138,14 @@ def test_bad_arguments_name_the_problem():
         model.forward_intermediates(x, norm=True)
     with pytest.raises(ValueError, match="pass features_only=True with it"):
         bcos_zoo.create_model("bcos_resnet20_cifar", out_indices=(1,))
-    with pytest.raises(TypeError, match="standard_resnet20_cifar has no feature stages"):
-        bcos_zoo.create_model("standard_resnet20_cifar", features_only=True)
+    with pytest.raises(TypeError, match="plain has no feature stages"):  # e.g. the standard_resnet*_cifar nets
+        build_model(torch.nn.Identity, "plain", False, {"features_only": True}, transform=bcos_zoo.TransformConfig())
 
 
 def test_features_only_model_returns_the_stages_and_drops_the_rest():
     full = bcos_zoo.create_model("bcos_resnet20_cifar", pretrained=True).eval()
-    model = bcos_zoo.create_model("bcos_resnet20_cifar", pretrained=True, features_only=True, out_indices=(1, -2)).eval()
+    model = bcos_zoo.create_model("bcos_resnet20_cifar", pretrained=True, features_only=True, out_indices=(1, -2))
+    model.eval()
     x = torch.rand(2, 1, 28, 28)
     x = torch.cat([x, 1 - x], 1)
     with torch.no_grad():
@@ -160,6 +162,13 @@ def test_features_only_model_returns_the_stages_and_drops_the_rest():
         model.forward_intermediates(x, indices=[3])
     with pytest.raises(ValueError, match="features-only already"):
         model.set_features_only((0,))
+
+
+def test_features_only_vit_drops_the_later_blocks_and_the_head():
+    name, kwargs, size = FAMILIES["vit"]
+    model = bcos_zoo.create_model(name, **kwargs, features_only=True, out_indices=[0]).eval()
+    assert [tuple(t.shape) for t in model(torch.rand(2, 6, size, size))] == [(2, 192, 2, 2)]
+    assert not [k for k in model.state_dict() if k.startswith(("transformer.encoder_1.", "linear_head."))]
 
 
 def test_features_only_passes_through_torch_hub():
@@ -249,6 +258,9 @@ def test_explanations_with_grad_checkpointing_are_the_same():
     model.set_grad_checkpointing(True)
     for got, want in zip(bcos_zoo.explain_topk(model, x, 2), expected):
         torch.testing.assert_close(got.dynamic_linear_weights, want.dynamic_linear_weights)
-    got = bcos_zoo.explain(model, x, layer="layer2", channel=1)
+    layers = ("layer2", "layer2.1.conv1")  # a checkpointed stage, and a layer inside one
+    got = [bcos_zoo.explain(model, x, layer=name, channel=1).contribution_map for name in layers]
     model.set_grad_checkpointing(False)
-    torch.testing.assert_close(got.contribution_map, bcos_zoo.explain(model, x, layer="layer2", channel=1).contribution_map)
+    torch.testing.assert_close(
+        got, [bcos_zoo.explain(model, x, layer=name, channel=1).contribution_map for name in layers]
+    )

@@ -183,7 +183,7 @@ class FeaturesMixin:
         the step's module, e.g. ``explain(layer=...)``'s, still see its output)."""
         if not (self.grad_checkpointing and torch.is_grad_enabled()):
             return step(x)
-        restore = lambda: (contextlib.nullcontext(), _buffers_restored(step))  # noqa: E731
+        restore = lambda: (contextlib.nullcontext(), _buffers_restored(step))
         return checkpoint(step, x, use_reentrant=False, context_fn=restore)
 
     def forward_features(self, x: Tensor) -> Tensor:
