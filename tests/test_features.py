@@ -214,19 +214,25 @@ def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     return loss.detach(), grads
 
 
-@pytest.mark.parametrize("family", ["resnet_cifar", "convnext", "vit"])
+@pytest.mark.parametrize("family", ["resnet_cifar", "convnext", "densenet", "vit"])
 def test_grad_checkpointing_same_gradients_same_state(family):
-    model, x = build(family, **({"stochastic_depth_prob": 0.5} if family != "vit" else {}))
+    """In training mode, with batch norms (resnet, densenet) and stochastic depth (resnet, convnext)."""
+    options = {"stochastic_depth_prob": 0.5} if family in ("resnet_cifar", "convnext") else {}
+    model, x = build(family, **options)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     plain_loss, plain = _loss_and_grads(model, x)
     plain_state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(build(family, **({"stochastic_depth_prob": 0.5} if family != "vit" else {}))[0].state_dict())
+    model.load_state_dict(initial)
     model.set_grad_checkpointing(True)
     loss, grads = _loss_and_grads(model, x)
     torch.testing.assert_close(loss, plain_loss)
     torch.testing.assert_close(grads, plain, rtol=1e-5, atol=1e-6)
     # batch-norm running statistics are updated once per step, not again by the recomputation
     torch.testing.assert_close(model.state_dict(), plain_state)
+    assert any(not torch.equal(initial[k], v) for k, v in plain_state.items()) == (
+        family in ("resnet_cifar", "densenet")
+    )
 
 
 def _saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -252,6 +258,32 @@ def test_grad_checkpointing_keeps_far_fewer_activations(family):
     assert _saved_bytes(model, x) < 0.4 * plain
 
 
+_PEAK_RSS = """
+import resource, sys, torch, bcos_zoo
+torch.set_num_threads(1)
+model = bcos_zoo.create_model("bcos_resnet20_cifar", norm_layer="bnu-linear").train()
+model.set_grad_checkpointing(sys.argv[1] == "1")
+x = torch.rand(32, 6, 64, 64)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model(x).sum().backward()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.slow
+def test_grad_checkpointing_lowers_the_peak_memory_of_a_training_step():
+    """Peak RSS growth of one forward/backward pass, each in a fresh process (measured: 874 -> 561 MB)."""
+    import subprocess
+    import sys
+
+    def peak_kb(flag: str) -> int:
+        run = subprocess.run([sys.executable, "-c", _PEAK_RSS, flag], capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    plain, checkpointed = peak_kb("0"), peak_kb("1")
+    assert plain > 300_000 and checkpointed < 0.8 * plain, (plain, checkpointed)
+
+
 def test_explanations_with_grad_checkpointing_are_the_same():
     model, x = build("resnet_cifar")
     expected = bcos_zoo.explain_topk(model, x, 2)
@@ -264,3 +296,7 @@ def test_explanations_with_grad_checkpointing_are_the_same():
     torch.testing.assert_close(
         got, [bcos_zoo.explain(model, x, layer=name, channel=1).contribution_map for name in layers]
     )
+    densenet, x = build("densenet")  # hooks on a container of checkpointed blocks still fire
+    expected = bcos_zoo.explain(densenet, x, layer="features", channel=2).contribution_map
+    densenet.set_grad_checkpointing(True)
+    torch.testing.assert_close(bcos_zoo.explain(densenet, x, layer="features", channel=2).contribution_map, expected)

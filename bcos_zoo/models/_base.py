@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..explain import Explanation, Target, check_input, explain
 from ..layers import ConvFactory, LogitLayer, default_logit_bias, explanation_mode, init_bcos_weights_
-from ._features import FeaturesMixin, Step
+from ._features import FeaturesMixin
 
 __all__ = ["BcosFeaturesClassifier", "BcosModelMixin"]
 
@@ -20,9 +20,9 @@ class BcosModelMixin(FeaturesMixin):
     A family's ``__init__`` calls :meth:`_init_bcos` right after ``nn.Module.__init__``, builds its
     layers with the conv factory ``self._conv`` and its classifier with ``self._new_classifier``,
     sets ``num_features`` (channels entering the classifier) and ends with
-    ``init_bcos_weights_(self)``. It declares its forward steps and feature stages (see
-    :class:`~bcos_zoo.models._features.FeaturesMixin`), implements ``get_feature_extractor``
-    and says where its head is: ``_head_path`` names the module applied to the features *before*
+    ``init_bcos_weights_(self)``. It implements ``forward_features`` and ``get_feature_extractor``,
+    declares its feature stages (see :class:`~bcos_zoo.models._features.FeaturesMixin`) and says
+    where its head is: ``_head_path`` names the module applied to the features *before*
     pooling (the classifier, or an ``nn.Sequential`` ending in it), ``_classifier_path`` the
     classifier itself, which ``reset_classifier`` replaces.
     """
@@ -97,7 +97,8 @@ class BcosFeaturesClassifier(BcosModelMixin, nn.Module):
     then ``classifier`` (B-cos convs applied *before* pooling), global average pool, logit layer.
 
     A subclass builds ``self.features`` and ``self.classifier`` (whose last module is
-    ``self._new_classifier(num_classes)``; ``_classifier_path`` names it).
+    ``self._new_classifier(num_classes)``; ``_classifier_path`` names it); ``features`` is a
+    :class:`~bcos_zoo.models._features.BlockSequence`, so gradient checkpointing covers it.
     """
 
     features: nn.Module
@@ -105,9 +106,9 @@ class BcosFeaturesClassifier(BcosModelMixin, nn.Module):
     _head_path = "classifier"
     _head_modules = ("classifier",)
 
-    def _feature_steps(self) -> list[Step]:
-        """The children of ``features``: ``[N, in_chans, H, W] -> [N, C, H/32, W/32]``."""
-        return [(f"features.{name}", module) for name, module in self.features.named_children()]
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The ``features`` module: ``[N, in_chans, H, W] -> [N, C, H/32, W/32]``."""
+        return self.features(x)
 
     def get_feature_extractor(self) -> nn.Module:
         """The ``features`` module (no classifier, no pooling)."""

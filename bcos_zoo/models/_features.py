@@ -1,18 +1,19 @@
 """timm-style feature extraction and gradient checkpointing, shared by every model family.
 
-A family describes its ``forward_features`` once, as an ordered list of named steps
-(:meth:`FeaturesMixin._feature_steps`, usually its own submodules), and names the steps whose outputs
-are its feature stages (:meth:`FeaturesMixin._feature_stages`: module name, channels, reduction). From
-that alone this module derives, for all families alike:
+A family names its feature stages (:meth:`FeaturesMixin._feature_stages`: the submodule whose output
+is the stage, its channels and reduction) and its head modules; from that alone this module derives,
+for all families alike:
 
-- ``forward_features`` (the steps in order, each under activation checkpointing when
-  :meth:`~FeaturesMixin.set_grad_checkpointing` is on),
-- ``forward_intermediates(x, indices=...)`` with timm's signature and return convention,
+- ``forward_intermediates(x, indices=...)`` with timm's signature and return convention (the stage
+  outputs are read with forward hooks during the family's own ``forward_features``, so hooks that
+  users put on the same modules, e.g. ``explain(layer=...)``'s or pytorch-grad-cam's, see the same),
 - ``feature_info`` (a :class:`FeatureInfo`: ``.channels()``, ``.reduction()``, ``.module_name()``),
 - the features-only mode of ``create_model(name, features_only=True, out_indices=...)``, whose
-  forward returns the list of selected feature maps.
+  forward returns the list of selected feature maps and stops after the last one,
+- ``set_grad_checkpointing``: the families run their blocks through :func:`run_block` (or hold them
+  in a :class:`BlockSequence`), which recomputes each block's activations in the backward pass.
 
-Every step is a B-cos computation, so in explanation mode each feature map is dynamic linear in the
+Every stage is a B-cos computation, so in explanation mode each feature map is dynamic linear in the
 input, as the logits are: ``explain(model, x, layer=model.feature_info.module_name(i))`` explains it.
 """
 
@@ -27,10 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["FeatureInfo", "FeatureStage", "FeaturesMixin", "feature_take_indices"]
+__all__ = ["BlockSequence", "FeatureInfo", "FeatureStage", "FeaturesMixin", "feature_take_indices", "run_block"]
 
 Indices = int | Sequence[int] | None
-Step = tuple[str, Callable[[Tensor], Tensor]]
 
 
 @dataclass(frozen=True)
@@ -136,13 +136,40 @@ def _buffers_restored(module: object) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-class FeaturesMixin:
-    """``forward_features``, ``forward_intermediates``, ``feature_info``, features-only mode and
-    gradient checkpointing from a family's declared steps and stages (see the module docstring).
+def run_block(block: Callable[..., Tensor], *inputs: Tensor, enabled: bool, owner: nn.Module | None = None) -> Tensor:
+    """``block(*inputs)``; when ``enabled`` (and gradients are on) as a non-reentrant activation
+    checkpoint, whose recomputation leaves the buffers of ``owner`` (default: ``block``) as they were."""
+    if not (enabled and torch.is_grad_enabled()):
+        return block(*inputs)
+    module = block if owner is None else owner
+    restore = lambda: (contextlib.nullcontext(), _buffers_restored(module))
+    return checkpoint(block, *inputs, use_reentrant=False, context_fn=restore)
 
-    A family implements ``_feature_steps``, ``_feature_stages`` and ``forward_head`` and names its
-    head modules in ``_head_modules`` (dropped in features-only mode); a family whose stage outputs
-    are tokens overrides ``_to_map`` and adds ``"NLC"`` to ``_output_formats``.
+
+class BlockSequence(nn.Sequential):
+    """An ``nn.Sequential`` of blocks (same state-dict keys) that checkpoints each block when
+    ``grad_checkpointing`` is set; a block that checkpoints its own parts is called as it is."""
+
+    grad_checkpointing: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self:
+            x = run_block(block, x, enabled=self.grad_checkpointing and not hasattr(block, "grad_checkpointing"))
+        return x
+
+
+class _StopForward(Exception):
+    """Raised by the stage hook once the last requested stage has run (``stop_early``)."""
+
+
+class FeaturesMixin:
+    """``forward_intermediates``, ``feature_info``, features-only mode and gradient checkpointing
+    from a family's declared stages (see the module docstring).
+
+    A family implements ``forward_features``, ``forward_head`` and ``_feature_stages``, names its head
+    modules in ``_head_modules`` (dropped in features-only mode) and registers its submodules in
+    forward order (what features-only mode relies on to drop the unused ones); a family whose stage
+    outputs are tokens overrides ``_to_map`` and adds ``"NLC"`` to ``_output_formats``.
     """
 
     _head_modules: tuple[str, ...]
@@ -152,12 +179,8 @@ class FeaturesMixin:
     _out_indices: tuple[int, ...] | None = None  # features-only mode: the stages forward returns
     _kept_stages: list[FeatureStage] | None = None  # features-only mode: the stages as built (before pruning)
 
-    def _feature_steps(self) -> list[Step]:
-        """``forward_features`` as ordered ``(name, step)`` pairs; a step named after a submodule is that module."""
-        raise NotImplementedError
-
     def _feature_stages(self) -> list[FeatureStage]:
-        """The stages, in forward order; each ``module`` is the name of one of the steps."""
+        """The stages, in forward order."""
         raise NotImplementedError
 
     def _to_map(self, out: Tensor, input_hw: tuple[int, int], stage: FeatureStage) -> Tensor:
@@ -176,21 +199,9 @@ class FeaturesMixin:
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them: less
         memory for training and explaining, same gradients, about one more forward pass of compute."""
-        self.grad_checkpointing = bool(enable)
-
-    def _run_step(self, step: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """One step; with gradient checkpointing, as one checkpoint (called as a whole, so hooks on
-        the step's module, e.g. ``explain(layer=...)``'s, still see its output)."""
-        if not (self.grad_checkpointing and torch.is_grad_enabled()):
-            return step(x)
-        restore = lambda: (contextlib.nullcontext(), _buffers_restored(step))
-        return checkpoint(step, x, use_reentrant=False, context_fn=restore)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Every step in order: the features the head classifies (``[N, C, h, w]``; ViTs: ``[N, tokens, dim]``)."""
-        for _, step in self._feature_steps():
-            x = self._run_step(step, x)
-        return x
+        for module in self.modules():  # type: ignore[attr-defined]
+            if hasattr(module, "grad_checkpointing"):
+                module.grad_checkpointing = bool(enable)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """Logits ``[N, num_classes]``; in features-only mode the list of selected feature maps."""
@@ -237,41 +248,53 @@ class FeaturesMixin:
         final_norm = self.get_submodule(self._final_norm) if norm and self._final_norm else None  # type: ignore[attr-defined]
         if norm and final_norm is None:
             raise ValueError(f"norm=True: {type(self).__name__} has no final norm to apply to its intermediates")
-        wanted = {stages[i].module: i for i in take}
+        outputs = self._stage_outputs(x, [stages[i].module for i in take], stop_early)
+        final = outputs.pop()
         input_hw = (x.shape[-2], x.shape[-1])
         intermediates = []
-        for name, step in self._feature_steps():
-            x = self._run_step(step, x)
-            if name in wanted:
-                out = final_norm(x) if final_norm is not None else x
-                intermediates.append(out if output_fmt == "NLC" else self._to_map(out, input_hw, stages[wanted[name]]))
-                if stop_early and wanted[name] == last:
-                    break
-        return intermediates if intermediates_only else (x, intermediates)
+        for i, out in zip(take, outputs):
+            out = final_norm(out) if final_norm is not None else out
+            intermediates.append(out if output_fmt == "NLC" else self._to_map(out, input_hw, stages[i]))
+        return intermediates if intermediates_only else (final, intermediates)
+
+    def _stage_outputs(self, x: Tensor, names: list[str], stop_early: bool) -> list[Tensor]:
+        """The outputs of the modules ``names`` during ``forward_features(x)``, then its result (with
+        ``stop_early``: the last module's output; the rest of the network does not run)."""
+        captured: dict[str, Tensor] = {}
+
+        def hook(name: str, output: Tensor) -> None:
+            captured[name] = output
+            if stop_early and name == names[-1]:
+                raise _StopForward
+
+        handles = [self.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: hook(n, out)) for n in names]  # type: ignore[attr-defined]
+        try:
+            final = self.forward_features(x)  # type: ignore[attr-defined]
+        except _StopForward:
+            final = captured[names[-1]]
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [captured[n] for n in names] + [final]
 
     def set_features_only(self, out_indices: Indices = None) -> nn.Module:
         """Turn this model into a feature extractor, in place: ``forward`` returns the ``out_indices``
-        stages' maps, the head and the stages after the last index are dropped (so they hold no
-        parameters). ``create_model(name, features_only=True, out_indices=...)`` calls it."""
+        stages' maps and stops after the last one; the head and every module registered after that
+        stage are dropped (so they hold no parameters). ``create_model(..., features_only=True)`` calls it."""
         if self._out_indices is not None:
             raise ValueError("this model is features-only already; build a new one for other out_indices")
         stages = self._feature_stages()
         take, last = feature_take_indices(len(stages), out_indices)
         module: nn.Module = self  # type: ignore[assignment]
-        steps = self._feature_steps()
-        end = next(i for i, (name, _) in enumerate(steps) if name == stages[last].module)
-        for name, step in steps[end + 1 :]:
-            if _is_submodule(module, name, step):
-                module.set_submodule(name, nn.Identity())
+        path = stages[last].module.split(".")
+        for depth in range(len(path)):  # the later siblings of the stage module and of each of its parents
+            parent = module.get_submodule(".".join(path[:depth]))
+            names = list(parent._modules)
+            for name in names[names.index(path[depth]) + 1 :]:
+                if parent._modules[name] is not None:
+                    setattr(parent, name, nn.Identity())
         for name in self._head_modules:
             if getattr(module, name.split(".")[0], None) is not None:
                 module.set_submodule(name, nn.Identity())
         self._out_indices, self._kept_stages = tuple(take), stages
         return module
-
-
-def _is_submodule(module: nn.Module, name: str, step: object) -> bool:
-    try:
-        return module.get_submodule(name) is step
-    except AttributeError:
-        return False

@@ -33,7 +33,7 @@ from ..layers import (
 )
 from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
-from ._features import FeatureStage
+from ._features import BlockSequence, FeatureStage
 
 __all__ = ["BcosConvNeXt", "CNBlock", "StageConfig"]
 
@@ -118,11 +118,11 @@ class BcosConvNeXt(BcosFeaturesClassifier):
                 CNBlock(stage.channels, layer_scale, next(drop_probs), conv=self._conv, norm=norm)
                 for _ in range(stage.num_blocks)
             ]
-            layers.append(nn.Sequential(*blocks))
+            layers.append(BlockSequence(*blocks))
             if stage.out_channels is not None:
                 down = self._conv(stage.channels, stage.out_channels, kernel_size=2, stride=2)
                 layers.append(nn.Sequential(norm(stage.channels), down))
-        self.features = nn.Sequential(*layers)
+        self.features = BlockSequence(*layers)
         last = stages[-1]
         self.num_features = last.out_channels if last.out_channels is not None else last.channels
         self.classifier = nn.Sequential(norm(self.num_features), self._new_classifier(num_classes))

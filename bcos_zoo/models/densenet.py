@@ -20,7 +20,7 @@ from ..builder import Pretrained, build_model
 from ..layers import ConvFactory, NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
-from ._features import FeatureStage
+from ._features import BlockSequence, FeatureStage, run_block
 
 __all__ = ["BcosDenseNet", "DenseBlock", "DenseLayer", "Transition"]
 
@@ -41,7 +41,13 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.ModuleDict):
-    """``denselayer1..n``; each layer sees the concatenation of the block input and all earlier outputs."""
+    """``denselayer1..n``; each layer sees the concatenation of the block input and all earlier outputs.
+
+    With ``grad_checkpointing`` each layer, concatenation included, is recomputed in the backward
+    pass, so only the layers' outputs are stored (the memory-efficient DenseNet).
+    """
+
+    grad_checkpointing: bool = False
 
     def __init__(self, num_layers: int, in_features: int, growth_rate: int, bn_size: int, *, conv: ConvFactory,
                  norm: NormFactory) -> None:  # fmt: skip
@@ -53,7 +59,8 @@ class DenseBlock(nn.ModuleDict):
     def forward(self, x: Tensor) -> Tensor:
         features = [x]
         for layer in self.values():
-            features.append(layer(torch.cat(features, 1)))
+            concat_then = lambda *fs, layer=layer: layer(torch.cat(fs, 1))
+            features.append(run_block(concat_then, *features, enabled=self.grad_checkpointing, owner=layer))
         return torch.cat(features, 1)  # [N, in + num_layers * growth_rate, H, W]
 
 
@@ -105,7 +112,7 @@ class BcosDenseNet(BcosFeaturesClassifier):
         self._init_bcos(num_classes=num_classes, in_chans=in_chans, conv=bcos_conv_factory(b, max_out),
                         logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
         norm = get_norm_layer(norm_layer)
-        self.features = nn.Sequential(
+        self.features = BlockSequence(
             OrderedDict(
                 conv0=self._conv(in_chans, num_init_features, kernel_size=7, stride=2, padding=3),
                 norm0=norm(num_init_features),

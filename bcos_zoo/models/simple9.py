@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..registry import register_model
 from ..builder import Pretrained, build_model
@@ -29,7 +29,7 @@ from ..layers import bcos_conv_factory, init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
-from ._features import FeatureStage, Step
+from ._features import FeatureStage, run_block
 
 __all__ = ["BcosSimple9", "v1_cifar_scale", "v1_cifar_temperature"]
 
@@ -101,9 +101,11 @@ class BcosSimple9(BcosModelMixin, nn.Module):
         self.add_module("8", self._new_classifier(num_classes))  # 1×1, stride 1, no padding
         init_bcos_weights_(self)
 
-    def _feature_steps(self) -> list[Step]:
+    def forward_features(self, x: Tensor) -> Tensor:
         """Convs 0-7: ``[N, in_chans, H, W] -> [N, 256, H/4, W/4]``."""
-        return [(str(i), self.get_submodule(str(i))) for i in range(8)]
+        for i in range(8):
+            x = run_block(self.get_submodule(str(i)), x, enabled=self.grad_checkpointing)
+        return x
 
     def _feature_stages(self) -> list[FeatureStage]:
         """The output before each strided conv (convs 1 and 4) and of the last one (7)."""
@@ -116,7 +118,7 @@ class BcosSimple9(BcosModelMixin, nn.Module):
 
     def get_feature_extractor(self) -> nn.Module:
         """A new ``nn.Sequential`` of convs 0-7, sharing this model's modules."""
-        return nn.Sequential(*(step for _, step in self._feature_steps()))
+        return nn.Sequential(*(self.get_submodule(str(i)) for i in range(8)))
 
 
 SMALL_TRANSFORM = TransformConfig(resize_size=None, crop_size=None)

@@ -40,7 +40,7 @@ from ..layers import BcosConv2d, ConvFactory, bcos_conv_factory, init_bcos_weigh
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
-from ._features import FeatureStage, Step
+from ._features import BlockSequence, FeatureStage, run_block
 from ._wrapped import WrappedCheckpointMixin
 from .densenet import BcosDenseNet
 from .resnet import BasicBlock, BcosResNet
@@ -124,7 +124,7 @@ class BcosV1VGG(_BcosV1, BcosVGG):
             cfg, num_classes=num_classes, in_chans=in_chans, b=b, max_out=max_out, norm_layer="none",
             logit_bias=logit_bias, logit_temperature=logit_temperature, hidden_features=hidden_features,
         )  # fmt: skip
-        self.features = nn.Sequential(*(m for m in self.features if not isinstance(m, nn.Identity)))
+        self.features = BlockSequence(*(m for m in self.features if not isinstance(m, nn.Identity)))
         use_v1_convs(self, self.scale_fact)
 
 
@@ -321,12 +321,12 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
 
     def _run(self, names: tuple[str, ...], x: Tensor) -> Tensor:
         for name in names:
-            x = self.get_submodule(name)(x)
+            x = run_block(self.get_submodule(name), x, enabled=self.grad_checkpointing)
         return x
 
-    def _feature_steps(self) -> list[Step]:
+    def forward_features(self, x: Tensor) -> Tensor:
         """``[N, in_chans, 299, 299] -> [N, 2048, 8, 8]``."""
-        return [(name, self.get_submodule(name)) for name in _INCEPTION_EARLY + _INCEPTION_LATE]
+        return self._run(_INCEPTION_LATE, self._run(_INCEPTION_EARLY, x))
 
     def _feature_stages(self) -> list[FeatureStage]:
         """timm's Inception-v3 stages (nominal reductions: the unpadded convs shrink the maps a little more)."""

@@ -18,7 +18,7 @@ from ..builder import Pretrained, build_model
 from ..layers import NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
-from ._features import FeatureStage
+from ._features import BlockSequence, FeatureStage
 
 __all__ = ["BcosVGG"]
 
@@ -73,7 +73,7 @@ class BcosVGG(BcosFeaturesClassifier):
             else:
                 layers += [self._conv(channels, int(v), kernel_size=3, padding=1), norm(int(v))]
                 channels = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features = BlockSequence(*layers)
         self.num_features = hidden_features
         self.classifier = nn.Sequential(
             self._conv(channels, hidden_features, kernel_size=7, padding=3),

@@ -58,7 +58,7 @@ from ..layers import (
 )
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
-from ._features import FeaturesMixin, FeatureStage, Step
+from ._features import BlockSequence, FeaturesMixin, FeatureStage
 from ._wrapped import WrappedCheckpointMixin
 
 __all__ = ["Attention", "BcosViT", "Patchify", "PosEmbSinCos2d", "StandardViT", "ViTConfig", "ViTLayers"]
@@ -252,18 +252,16 @@ class _SimpleViT(FeaturesMixin, nn.Module):
         embed["linear"] = layers.linear((c.conv_stem[-1] if c.conv_stem else in_chans) * c.patch_size**2, c.dim)
         self.to_patch_embedding = nn.Sequential(embed)
         self.positional_embedding = PosEmbSinCos2d()
-        self.transformer = nn.Sequential(
+        self.transformer = BlockSequence(
             OrderedDict((f"encoder_{i}", Encoder(c.dim, c.heads, c.mlp_dim, layers)) for i in range(c.depth))
         )
         self.linear_head = nn.Sequential(OrderedDict(norm=layers.norm(c.dim), linear=layers.linear(c.dim, num_classes)))
 
-    def _embed(self, grid: Tensor) -> Tensor:
-        return grid.flatten(1, 2) + self.positional_embedding(grid)  # [B, h*w, D] + [h*w, D]
-
-    def _feature_steps(self) -> list[Step]:
-        """``[B, in_chans, H, W] -> [B, h, w, D]`` patches, ``-> [B, N, D]`` tokens, then each encoder block."""
-        return [("to_patch_embedding", self.to_patch_embedding), ("embed", self._embed), *(
-            (f"transformer.{name}", block) for name, block in self.transformer.named_children())]  # fmt: skip
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, in_chans, H, W] -> [B, N, dim]`` tokens after the transformer."""
+        grid = self.to_patch_embedding(x)  # [B, h, w, D]
+        tokens = grid.flatten(1, 2) + self.positional_embedding(grid)  # [B, h*w, D] + [h*w, D]
+        return self.transformer(tokens)
 
     def _feature_stages(self) -> list[FeatureStage]:
         stride = self.config.patch_size * 2 ** sum(s == 2 for s in _stem_strides(self.config.conv_stem))
