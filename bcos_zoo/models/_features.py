@@ -35,7 +35,7 @@ Indices = int | Sequence[int] | None
 
 @dataclass(frozen=True)
 class FeatureStage:
-    """One feature stage: the step (a module name) whose output it is, its channels and its
+    """One feature stage: the name of the submodule whose output it is, its channels and its
     reduction (the input's side over the map's, nominally)."""
 
     module: str
