@@ -164,6 +164,29 @@ def test_features_only_model_returns_the_stages_and_drops_the_rest():
         model.set_features_only((0,))
 
 
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in VARIANTS else f for f in FAMILIES])
+def test_features_only_equals_the_full_models_stages(family):
+    """Dropping what runs after the last stage (by registration order) changes no kept stage."""
+    full, x = build(family)
+    last = len(full.feature_info) // 2
+    features, _ = build(family, features_only=True, out_indices=(0, last))
+    with torch.no_grad():
+        torch.testing.assert_close(features(x), full.forward_intermediates(x, [0, last], intermediates_only=True))
+    assert sum(p.numel() for p in features.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("last", [1, 3])  # after the stem pools; after the Mixed blocks
+def test_features_only_inception_equals_its_stages(last):
+    torch.manual_seed(0)
+    full = bcos_zoo.create_model("bcos_v1_inception_v3").eval()
+    torch.manual_seed(0)
+    features = bcos_zoo.create_model("bcos_v1_inception_v3", features_only=True, out_indices=(last,)).eval()
+    x = torch.rand(1, 6, 75, 75)
+    with torch.no_grad():
+        torch.testing.assert_close(features(x), full.forward_intermediates(x, [last], intermediates_only=True))
+
+
 def test_features_only_vit_drops_the_later_blocks_and_the_head():
     name, kwargs, size = FAMILIES["vit"]
     model = bcos_zoo.create_model(name, **kwargs, features_only=True, out_indices=[0]).eval()

@@ -189,7 +189,8 @@ class BcosResNet(BcosModelMixin, nn.Module):
 
     def get_feature_extractor(self) -> nn.Module:
         """A new ``nn.Sequential`` of stem and stages sharing this model's modules."""
-        return nn.Sequential(self.conv1, self.bn1, self.pool, *(self.get_submodule(n) for n in self._stage_names()))
+        stages = [self.layer1, self.layer2, self.layer3] + ([self.layer4] if self.layer4 is not None else [])
+        return nn.Sequential(self.conv1, self.bn1, self.pool, *stages)
 
 
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)

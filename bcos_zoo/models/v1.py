@@ -305,10 +305,11 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
         self.num_features = 2048
         stem = [("Conv2d_1a_3x3", in_chans, 32, 3, 2, 0), ("Conv2d_2a_3x3", 32, 32, 3, 1, 0),
                 ("Conv2d_2b_3x3", 32, 64, 3, 1, 1), ("Conv2d_3b_1x1", 64, 80, 1, 1, 0), ("Conv2d_4a_3x3", 80, 192, 3, 1, 0)]  # fmt: skip
+        pools = {"Conv2d_2b_3x3": "avgpool1", "Conv2d_4a_3x3": "avgpool2"}  # registered in forward order
         for spec in stem:
             self.add_module(spec[0], _basic_conv(self._conv, ConvSpec(*spec)))
-        self.avgpool1 = nn.AvgPool2d(kernel_size=3, stride=2)
-        self.avgpool2 = nn.AvgPool2d(kernel_size=3, stride=2)
+            if spec[0] in pools:
+                self.add_module(pools[spec[0]], nn.AvgPool2d(kernel_size=3, stride=2))
         blocks = {"Mixed_5b": inception_a(192, 32), "Mixed_5c": inception_a(256, 64), "Mixed_5d": inception_a(288, 64),
                   "Mixed_6a": inception_b(288), "Mixed_6b": inception_c(768, 128), "Mixed_6c": inception_c(768, 160),
                   "Mixed_6d": inception_c(768, 160), "Mixed_6e": inception_c(768, 192), "Mixed_7a": inception_d(768),
