@@ -18,6 +18,7 @@ from .builder import Pretrained, create_model, load_model
 from .checkpoint import read_header, read_state_dict, save_weights
 from .errors import CheckpointError, DownloadError, HashMismatchError, OfflineError, TrustOnFirstUseWarning
 from .explain import Explanation, explain, explain_topk, gradient_to_image
+from .export import export_onnx, onnx_max_deviation
 from .fetch import cache_dir
 from .layers import explanation_mode
 from .records import HubFile, PackageFile, UrlFile, WeightHeader, WeightSpec, release_file
@@ -35,4 +36,5 @@ __all__ = [
     "save_weights", "cache_dir", "explain", "explain_topk", "Explanation", "gradient_to_image", "explanation_mode",
     "AddInverse", "TransformConfig", "create_transform", "CheckpointError", "DownloadError", "HashMismatchError",
     "OfflineError", "TrustOnFirstUseWarning",
+    "export_onnx", "onnx_max_deviation",
 ]  # fmt: skip

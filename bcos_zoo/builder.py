@@ -207,7 +207,10 @@ def build_model(model_cls: type[nn.Module], arch: str, pretrained: Pretrained | 
         model_cls: the family's class.
         arch: the registered architecture name.
         pretrained: see the module docstring (or weights already resolved by :func:`create_model`).
-        kwargs: the user's keyword arguments, as given; unknown names raise ``TypeError``.
+        kwargs: the user's keyword arguments, as given; unknown names raise ``TypeError``. Two are
+            the builder's own (so every entry point, torch.hub's too, takes them): ``features_only=True``
+            and ``out_indices`` (default: all stages) return the model as a feature extractor whose
+            forward gives the stages' maps (timm's convention; see ``model.feature_info``).
         transform: the family's evaluation preprocessing (replaced by the weights' own).
         **defaults: what the entry point sets (structure and family defaults); the weights' arguments
             override these, the user's override both unless they contradict the weights.
@@ -215,6 +218,10 @@ def build_model(model_cls: type[nn.Module], arch: str, pretrained: Pretrained | 
     Returns:
         The model with ``arch``, ``transform`` and ``pretrained_cfg`` (``None`` without weights).
     """
+    kwargs = dict(kwargs)
+    features_only, out_indices = kwargs.pop("features_only", False), kwargs.pop("out_indices", None)
+    if out_indices is not None and not features_only:
+        raise ValueError(f"{arch}: out_indices={out_indices!r} selects feature stages; pass features_only=True with it")
     _check_kwargs(arch, model_cls, kwargs, "")
     weights = pretrained if isinstance(pretrained, ResolvedWeights) else None
     if _wants_weights(pretrained) and weights is None:
@@ -228,6 +235,10 @@ def build_model(model_cls: type[nn.Module], arch: str, pretrained: Pretrained | 
     model.arch = arch
     model.transform = create_transform(_transform_for(model, transform, weights))
     model.pretrained_cfg = None if weights is None else weights.spec or _adhoc_spec(model, weights)
+    if features_only:
+        if not hasattr(model, "set_features_only"):
+            raise TypeError(f"{arch} has no feature stages (features_only=True); use a B-cos architecture or a ViT")
+        model.set_features_only(out_indices)
     return model
 
 

@@ -228,8 +228,12 @@ def _explain_selected(
             handles.append(_named_layer(model, layer).register_forward_hook(lambda _m, _i, out: layer_out.append(out)))
         try:
             with explanation_mode(model):
-                logits = model(inp)
-                scores = logits if layer is None else _channel_totals(layer_out, layer)
+                out = model(inp)
+                if layer is None and not isinstance(out, Tensor):
+                    raise TypeError(f"{type(model).__name__} returns {type(out).__name__}, not logits (features-only?); "
+                                    "explain a stage instead: layer=model.feature_info.module_name(i)")  # fmt: skip
+                scores = out if layer is None else _channel_totals(layer_out, layer)
+                logits = out if isinstance(out, Tensor) else scores  # a features-only model: its stage's totals
                 targets = select(scores)  # [B, K]
                 grads = _grads_per_target(scores.gather(1, targets), [inp, *constants])
         finally:
@@ -274,6 +278,9 @@ def explain(
     output is dynamic linear in ``x`` too, so ``contribution_map.sum((-2, -1)) + bias_contribution``
     equals it; ``bias_contribution`` then holds only input-independent terms (no logit bias), and
     ``target`` holds the explained channels (``logits`` and ``prediction`` are still the model's).
+    The feature stages are named by ``model.feature_info.module_name(i)``; a features-only model
+    (``create_model(..., features_only=True)``) can only be explained this way, and its ``logits``
+    are then the layer's channel totals.
 
     Args:
         model: a B-cos model (in eval mode; a warning is given otherwise).

@@ -50,6 +50,15 @@ def test_hub_docstrings_come_from_the_registry():
     assert "25.54M params" in doc and "No pretrained weights" in hubconf.bcos_resnet32_cifar.__doc__
 
 
+@pytest.mark.slow
+def test_torch_hub_load_local_builds_every_entry_point():
+    """Every architecture loads through torch.hub (on the meta device: structure only, nothing allocated)."""
+    for arch in bcos_zoo.list_models():
+        with torch.device("meta"):
+            model = torch.hub.load(str(REPO), arch, source="local", num_classes=3)
+        assert model.arch == arch and model.num_classes == 3
+
+
 def test_torch_hub_load_local_with_a_file(tiny_pth, tmp_path):
     path, model = tiny_pth
     loaded = torch.hub.load(str(REPO), ARCH, source="local", pretrained=str(path), **KWARGS)

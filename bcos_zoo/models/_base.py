@@ -9,18 +9,20 @@ from torch import Tensor, nn
 
 from ..explain import Explanation, Target, check_input, explain
 from ..layers import ConvFactory, LogitLayer, default_logit_bias, explanation_mode, init_bcos_weights_
+from ._features import FeaturesMixin
 
 __all__ = ["BcosFeaturesClassifier", "BcosModelMixin"]
 
 
-class BcosModelMixin:
+class BcosModelMixin(FeaturesMixin):
     """Mixin for B-cos classifiers: the classifier head, explanation API, probabilities and fine-tuning.
 
     A family's ``__init__`` calls :meth:`_init_bcos` right after ``nn.Module.__init__``, builds its
     layers with the conv factory ``self._conv`` and its classifier with ``self._new_classifier``,
     sets ``num_features`` (channels entering the classifier) and ends with
-    ``init_bcos_weights_(self)``. It implements ``forward_features`` and ``get_feature_extractor``
-    and says where its head is: ``_head_path`` names the module applied to the features *before*
+    ``init_bcos_weights_(self)``. It implements ``forward_features`` and ``get_feature_extractor``,
+    declares its feature stages (see :class:`~bcos_zoo.models._features.FeaturesMixin`) and says
+    where its head is: ``_head_path`` names the module applied to the features *before*
     pooling (the classifier, or an ``nn.Sequential`` ending in it), ``_classifier_path`` the
     classifier itself, which ``reset_classifier`` replaces.
     """
@@ -46,9 +48,6 @@ class BcosModelMixin:
         ``[N, num_features, h, w] -> [N, num_classes]``."""
         head = self.get_submodule(self._head_path)  # type: ignore[attr-defined]
         return self.logit_layer(self.avgpool(head(x)).flatten(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]
 
     def explain(self, x: Tensor, target: Target = None, **kwargs: Any) -> Explanation:
         """Explain ``target`` logits of the batch ``x``; see :func:`bcos_zoo.explain`."""
@@ -98,12 +97,14 @@ class BcosFeaturesClassifier(BcosModelMixin, nn.Module):
     then ``classifier`` (B-cos convs applied *before* pooling), global average pool, logit layer.
 
     A subclass builds ``self.features`` and ``self.classifier`` (whose last module is
-    ``self._new_classifier(num_classes)``; ``_classifier_path`` names it).
+    ``self._new_classifier(num_classes)``; ``_classifier_path`` names it); ``features`` is a
+    :class:`~bcos_zoo.models._features.BlockSequence`, so gradient checkpointing covers it.
     """
 
     features: nn.Module
     classifier: nn.Module
     _head_path = "classifier"
+    _head_modules = ("classifier",)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The ``features`` module: ``[N, in_chans, H, W] -> [N, C, H/32, W/32]``."""

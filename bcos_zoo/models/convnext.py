@@ -33,6 +33,7 @@ from ..layers import (
 )
 from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
+from ._features import BlockSequence, FeatureStage
 
 __all__ = ["BcosConvNeXt", "CNBlock", "StageConfig"]
 
@@ -117,17 +118,26 @@ class BcosConvNeXt(BcosFeaturesClassifier):
                 CNBlock(stage.channels, layer_scale, next(drop_probs), conv=self._conv, norm=norm)
                 for _ in range(stage.num_blocks)
             ]
-            layers.append(nn.Sequential(*blocks))
+            layers.append(BlockSequence(*blocks))
             if stage.out_channels is not None:
                 down = self._conv(stage.channels, stage.out_channels, kernel_size=2, stride=2)
                 layers.append(nn.Sequential(norm(stage.channels), down))
-        self.features = nn.Sequential(*layers)
+        self.features = BlockSequence(*layers)
         last = stages[-1]
         self.num_features = last.out_channels if last.out_channels is not None else last.channels
         self.classifier = nn.Sequential(norm(self.num_features), self._new_classifier(num_classes))
         # Kaiming init: the official trunc_normal(std=0.02) differs only in scale, which the
         # per-forward filter normalisation of B-cos convs removes
         init_bcos_weights_(self)
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The output of every stage of blocks (reductions 4, 8, 16, 32), as in timm."""
+        stages, reduction = [], self.features[0].stride[0]
+        for name, module in self.features.named_children():
+            if isinstance(module, nn.Sequential) and isinstance(module[0], CNBlock):
+                stages.append(FeatureStage(f"features.{name}", module[0].layer_scale.shape[0], reduction))
+                reduction *= 2
+        return stages
 
 
 TINY = [StageConfig(96, 192, 3), StageConfig(192, 384, 3), StageConfig(384, 768, 9), StageConfig(768, None, 3)]

@@ -20,6 +20,7 @@ from ..builder import Pretrained, build_model
 from ..layers import ConvFactory, NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
+from ._features import BlockSequence, FeatureStage, run_block
 
 __all__ = ["BcosDenseNet", "DenseBlock", "DenseLayer", "Transition"]
 
@@ -40,7 +41,13 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.ModuleDict):
-    """``denselayer1..n``; each layer sees the concatenation of the block input and all earlier outputs."""
+    """``denselayer1..n``; each layer sees the concatenation of the block input and all earlier outputs.
+
+    With ``grad_checkpointing`` each layer, concatenation included, is recomputed in the backward
+    pass, so only the layers' outputs are stored (the memory-efficient DenseNet).
+    """
+
+    grad_checkpointing: bool = False
 
     def __init__(self, num_layers: int, in_features: int, growth_rate: int, bn_size: int, *, conv: ConvFactory,
                  norm: NormFactory) -> None:  # fmt: skip
@@ -52,7 +59,8 @@ class DenseBlock(nn.ModuleDict):
     def forward(self, x: Tensor) -> Tensor:
         features = [x]
         for layer in self.values():
-            features.append(layer(torch.cat(features, 1)))
+            concat_then = lambda *fs, layer=layer: layer(torch.cat(fs, 1))
+            features.append(run_block(concat_then, *features, enabled=self.grad_checkpointing, owner=layer))
         return torch.cat(features, 1)  # [N, in + num_layers * growth_rate, H, W]
 
 
@@ -104,7 +112,7 @@ class BcosDenseNet(BcosFeaturesClassifier):
         self._init_bcos(num_classes=num_classes, in_chans=in_chans, conv=bcos_conv_factory(b, max_out),
                         logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
         norm = get_norm_layer(norm_layer)
-        self.features = nn.Sequential(
+        self.features = BlockSequence(
             OrderedDict(
                 conv0=self._conv(in_chans, num_init_features, kernel_size=7, stride=2, padding=3),
                 norm0=norm(num_init_features),
@@ -125,6 +133,18 @@ class BcosDenseNet(BcosFeaturesClassifier):
         self.num_features = channels
         self.classifier = self._new_classifier(num_classes)
         init_bcos_weights_(self)
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The stem (after its norm, before pooling), the first dense blocks and the final norm, as in timm."""
+        stem = self.features.conv0
+        stages, reduction = [FeatureStage("features.norm0", stem.out_channels, stem.stride[0])], stem.stride[0] * 2
+        blocks = [(n, m) for n, m in self.features.named_children() if isinstance(m, DenseBlock)]
+        for i, (name, block) in enumerate(blocks):
+            first, last = block["denselayer1"], list(block.values())[-1]
+            channels = first.conv1.in_channels + len(block) * last.conv2.out_channels
+            stages.append(FeatureStage("features." + (name if i < len(blocks) - 1 else "norm5"), channels, reduction))
+            reduction *= 2
+        return stages
 
 
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)

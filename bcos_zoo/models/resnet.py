@@ -26,6 +26,7 @@ from ..layers import (
 )
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
+from ._features import BlockSequence, FeatureStage
 
 __all__ = ["BcosResNet", "BasicBlock", "Bottleneck"]
 
@@ -99,6 +100,7 @@ class BcosResNet(BcosModelMixin, nn.Module):
     """
 
     _classifier_path = _head_path = "fc"
+    _head_modules = ("fc",)
 
     def __init__(
         self,
@@ -146,7 +148,7 @@ class BcosResNet(BcosModelMixin, nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)) and getattr(last, "weight", None) is not None:
                     nn.init.zeros_(last.weight)
 
-    def _make_stage(self, planes: int, blocks: int, stride: int, drop_probs: Iterator[float]) -> nn.Sequential:
+    def _make_stage(self, planes: int, blocks: int, stride: int, drop_probs: Iterator[float]) -> BlockSequence:
         """``blocks`` blocks of width ``planes`` (the first strided and projected if needed), taking
         their stochastic-depth probabilities from ``drop_probs``."""
         out_ch = planes * self._block.expansion
@@ -164,13 +166,26 @@ class BcosResNet(BcosModelMixin, nn.Module):
                 )  # fmt: skip
             )
             self.inplanes = out_ch
-        return nn.Sequential(*stage)
+        return BlockSequence(*stage)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and stages: ``[N, in_chans, H, W] -> [N, num_features, H/32, W/32]``."""
         x = self.pool(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return x if self.layer4 is None else self.layer4(x)
+
+    def _stage_names(self) -> list[str]:
+        return ["layer1", "layer2", "layer3"] + (["layer4"] if self.layer4 is not None else [])
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The stem (after its norm, before pooling) and every stage, as in timm."""
+        width, reduction = self.conv1.out_channels, self.conv1.stride[0]
+        stages = [FeatureStage("bn1", width, reduction)]
+        reduction *= 1 if isinstance(self.pool, nn.Identity) else 2
+        for i, name in enumerate(self._stage_names()):
+            reduction *= 1 if i == 0 else 2
+            stages.append(FeatureStage(name, width * 2**i * self._block.expansion, reduction))
+        return stages
 
     def get_feature_extractor(self) -> nn.Module:
         """A new ``nn.Sequential`` of stem and stages sharing this model's modules."""

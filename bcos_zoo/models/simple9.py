@@ -29,6 +29,7 @@ from ..layers import bcos_conv_factory, init_bcos_weights_
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
+from ._features import FeatureStage, run_block
 
 __all__ = ["BcosSimple9", "v1_cifar_scale", "v1_cifar_temperature"]
 
@@ -73,6 +74,7 @@ class BcosSimple9(BcosModelMixin, nn.Module):
     """
 
     _classifier_path = _head_path = "8"
+    _head_modules = ("8",)
 
     def __init__(
         self,
@@ -102,8 +104,17 @@ class BcosSimple9(BcosModelMixin, nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Convs 0-7: ``[N, in_chans, H, W] -> [N, 256, H/4, W/4]``."""
         for i in range(8):
-            x = self.get_submodule(str(i))(x)
+            x = run_block(self.get_submodule(str(i)), x, enabled=self.grad_checkpointing)
         return x
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The output before each strided conv (convs 1 and 4) and of the last one (7)."""
+        stages, reduction = [], 1
+        for i in range(8):
+            if i == 7 or STRIDES[i + 1] > 1:
+                stages.append(FeatureStage(str(i), WIDTHS[i], reduction))
+                reduction *= STRIDES[i + 1] if i < 7 else 1
+        return stages
 
     def get_feature_extractor(self) -> nn.Module:
         """A new ``nn.Sequential`` of convs 0-7, sharing this model's modules."""

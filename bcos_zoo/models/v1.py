@@ -40,6 +40,7 @@ from ..layers import BcosConv2d, ConvFactory, bcos_conv_factory, init_bcos_weigh
 from ..layers.bcos_v1 import BcosConv2dV1
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
+from ._features import BlockSequence, FeatureStage, run_block
 from ._wrapped import WrappedCheckpointMixin
 from .densenet import BcosDenseNet
 from .resnet import BasicBlock, BcosResNet
@@ -123,7 +124,7 @@ class BcosV1VGG(_BcosV1, BcosVGG):
             cfg, num_classes=num_classes, in_chans=in_chans, b=b, max_out=max_out, norm_layer="none",
             logit_bias=logit_bias, logit_temperature=logit_temperature, hidden_features=hidden_features,
         )  # fmt: skip
-        self.features = nn.Sequential(*(m for m in self.features if not isinstance(m, nn.Identity)))
+        self.features = BlockSequence(*(m for m in self.features if not isinstance(m, nn.Identity)))
         use_v1_convs(self, self.scale_fact)
 
 
@@ -276,6 +277,8 @@ _INCEPTION_EARLY = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "avgpool1
                     "avgpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
                     "Mixed_6e")  # fmt: skip
 _INCEPTION_LATE = ("Mixed_7a", "Mixed_7b", "Mixed_7c")
+_INCEPTION_STAGES = (("Conv2d_2b_3x3", 64, 2), ("Conv2d_4a_3x3", 192, 4), ("Mixed_5d", 288, 8), ("Mixed_6e", 768, 16),
+                     ("Mixed_7c", 2048, 32))  # fmt: skip
 
 
 class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
@@ -290,6 +293,7 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
     """
 
     _classifier_path = _head_path = "fc"
+    _head_modules = ("fc", "AuxLogits")
     scale_fact = 200.0
 
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 6, b: float = 2, max_out: int = 2,
@@ -301,10 +305,11 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
         self.num_features = 2048
         stem = [("Conv2d_1a_3x3", in_chans, 32, 3, 2, 0), ("Conv2d_2a_3x3", 32, 32, 3, 1, 0),
                 ("Conv2d_2b_3x3", 32, 64, 3, 1, 1), ("Conv2d_3b_1x1", 64, 80, 1, 1, 0), ("Conv2d_4a_3x3", 80, 192, 3, 1, 0)]  # fmt: skip
+        pools = {"Conv2d_2b_3x3": "avgpool1", "Conv2d_4a_3x3": "avgpool2"}  # registered in forward order
         for spec in stem:
             self.add_module(spec[0], _basic_conv(self._conv, ConvSpec(*spec)))
-        self.avgpool1 = nn.AvgPool2d(kernel_size=3, stride=2)
-        self.avgpool2 = nn.AvgPool2d(kernel_size=3, stride=2)
+            if spec[0] in pools:
+                self.add_module(pools[spec[0]], nn.AvgPool2d(kernel_size=3, stride=2))
         blocks = {"Mixed_5b": inception_a(192, 32), "Mixed_5c": inception_a(256, 64), "Mixed_5d": inception_a(288, 64),
                   "Mixed_6a": inception_b(288), "Mixed_6b": inception_c(768, 128), "Mixed_6c": inception_c(768, 160),
                   "Mixed_6d": inception_c(768, 160), "Mixed_6e": inception_c(768, 192), "Mixed_7a": inception_d(768),
@@ -317,12 +322,16 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
 
     def _run(self, names: tuple[str, ...], x: Tensor) -> Tensor:
         for name in names:
-            x = self.get_submodule(name)(x)
+            x = run_block(self.get_submodule(name), x, enabled=self.grad_checkpointing)
         return x
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[N, in_chans, 299, 299] -> [N, 2048, 8, 8]``."""
         return self._run(_INCEPTION_LATE, self._run(_INCEPTION_EARLY, x))
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """timm's Inception-v3 stages (nominal reductions: the unpadded convs shrink the maps a little more)."""
+        return [FeatureStage(*s) for s in _INCEPTION_STAGES]
 
     def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Main logits and the raw auxiliary logits (v1 trained them with BCE, weight 0.5)."""

@@ -18,6 +18,7 @@ from ..builder import Pretrained, build_model
 from ..layers import NormFactory, bcos_conv_factory, get_norm_layer, init_bcos_weights_
 from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
+from ._features import BlockSequence, FeatureStage
 
 __all__ = ["BcosVGG"]
 
@@ -72,7 +73,7 @@ class BcosVGG(BcosFeaturesClassifier):
             else:
                 layers += [self._conv(channels, int(v), kernel_size=3, padding=1), norm(int(v))]
                 channels = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features = BlockSequence(*layers)
         self.num_features = hidden_features
         self.classifier = nn.Sequential(
             self._conv(channels, hidden_features, kernel_size=7, padding=3),
@@ -80,6 +81,17 @@ class BcosVGG(BcosFeaturesClassifier):
             self._new_classifier(num_classes),
         )
         init_bcos_weights_(self)
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The output before each pool (reductions 1 to 16) and after the last one (32), as in timm."""
+        stages, channels, reduction, prev = [], self.in_chans, 1, ""
+        for name, module in self.features.named_children():
+            if isinstance(module, nn.AvgPool2d):
+                stages.append(FeatureStage(f"features.{prev}", channels, reduction))
+                reduction *= 2
+            channels = getattr(module, "out_channels", channels)
+            prev = name
+        return stages + [FeatureStage(f"features.{prev}", channels, reduction)]
 
 
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)

@@ -58,6 +58,7 @@ from ..layers import (
 )
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
+from ._features import BlockSequence, FeaturesMixin, FeatureStage
 from ._wrapped import WrappedCheckpointMixin
 
 __all__ = ["Attention", "BcosViT", "Patchify", "PosEmbSinCos2d", "StandardViT", "ViTConfig", "ViTLayers"]
@@ -235,8 +236,10 @@ class ViTConfig:
             )
 
 
-class _SimpleViT(nn.Module):
-    """The network shared by B-cos and standard ViTs; ``layers`` decides which one it is."""
+class _SimpleViT(FeaturesMixin, nn.Module):
+    """The network shared by B-cos and standard ViTs (``layers`` decides); feature stages: the encoder blocks."""
+
+    _head_modules, _output_formats, _final_norm = ("linear_head",), ("NCHW", "NLC"), "linear_head.norm"
 
     def __init__(self, config: ViTConfig, layers: ViTLayers, *, num_classes: int, in_chans: int) -> None:
         super().__init__()
@@ -249,7 +252,7 @@ class _SimpleViT(nn.Module):
         embed["linear"] = layers.linear((c.conv_stem[-1] if c.conv_stem else in_chans) * c.patch_size**2, c.dim)
         self.to_patch_embedding = nn.Sequential(embed)
         self.positional_embedding = PosEmbSinCos2d()
-        self.transformer = nn.Sequential(
+        self.transformer = BlockSequence(
             OrderedDict((f"encoder_{i}", Encoder(c.dim, c.heads, c.mlp_dim, layers)) for i in range(c.depth))
         )
         self.linear_head = nn.Sequential(OrderedDict(norm=layers.norm(c.dim), linear=layers.linear(c.dim, num_classes)))
@@ -260,12 +263,16 @@ class _SimpleViT(nn.Module):
         tokens = grid.flatten(1, 2) + self.positional_embedding(grid)  # [B, h*w, D] + [h*w, D]
         return self.transformer(tokens)
 
+    def _feature_stages(self) -> list[FeatureStage]:
+        stride = self.config.patch_size * 2 ** sum(s == 2 for s in _stem_strides(self.config.conv_stem))
+        return [FeatureStage(f"transformer.encoder_{i}", self.config.dim, stride) for i in range(self.config.depth)]
+
+    def _to_map(self, out: Tensor, input_hw: tuple[int, int], stage: FeatureStage) -> Tensor:
+        return out.transpose(1, 2).unflatten(2, (input_hw[0] // stage.reduction, -1))  # [B, N, D] -> [B, D, h, w]
+
     def forward_head(self, tokens: Tensor) -> Tensor:
         """Mean over tokens, norm and linear classifier: ``[B, N, dim] -> [B, num_classes]``."""
         return self.linear_head(tokens.mean(dim=1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class BcosViT(WrappedCheckpointMixin, BcosModelMixin, _SimpleViT):
