@@ -21,4 +21,21 @@ if ! .venv/bin/python -c "import torch, torchvision, sys; sys.exit(torch.__versi
     pip_install torch==2.14.1 torchvision==0.29.1
 fi
 pip_install -e ".[test]"
+
+# The web demo, bcos-zoo[demo] (`bcos-zoo serve`), and the browser of its end-to-end test (Playwright drives
+# Debian's chromium; it downloads no browser). Gradio caps pillow below 13, a release newer than it: it is
+# installed without that cap, so the venv keeps the pillow chosen above (tests/test_serve.py runs the demo on it).
+if [ ! -x /usr/bin/chromium ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
+fi
+GRADIO=6.31.0
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('gradio') != '$GRADIO')" 2>/dev/null; then
+    pip_install --no-deps "gradio==$GRADIO"
+    .venv/bin/python -c "import importlib.metadata as m; from packaging.requirements import Requirement as R
+print('\n'.join(r.name if r.name == 'pillow' else str(r) for r in map(R, m.requires('gradio'))
+                if r.marker is None or r.marker.evaluate({'extra': ''})))" >.venv/gradio-requirements.txt
+    pip_install -r .venv/gradio-requirements.txt
+fi
 .venv/bin/python -c "import bcos_zoo, torch; print('bcos-zoo', bcos_zoo.__version__, 'torch', torch.__version__)"
