@@ -22,7 +22,7 @@ from PIL import Image
 
 import bcos_zoo
 from bcos_zoo.cli.inference import ASSETS, DEMO_MODEL
-from bcos_zoo.cli.serve import MIN_SIDE, analyse, load_offline, offline_models
+from bcos_zoo.cli.serve import MIN_SIDE, analyse, explanation_image, load_offline, offline_models
 from bcos_zoo.localisation import default_smoothing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +124,28 @@ def test_analyse_reports_bad_input_as_a_readable_message(tmp_path, weights_env):
     assert "bcos-zoo download bcos_resnet50.long_in1k" in not_local
     assert "unknown weights 'bcos_resnet5O'" in analyse(SNEAKER, "bcos_resnet5O", 3).message
     assert "K must be a whole number from 1 to 10, got 0" in analyse(SNEAKER, DEMO_MODEL, 0).message
+
+
+def test_colour_models_show_the_bcos_rgba_view_over_black(single_thread):
+    """Grayscale models get the evidence heat map (above); colour models the papers' RGBA explanation."""
+    torch.manual_seed(0)
+    model = bcos_zoo.create_model("bcos_resnet20_cifar", in_chans=6, num_classes=3).eval()
+    x = bcos_zoo.AddInverse()(torch.rand(1, 3, 16, 16))
+    e = bcos_zoo.explain(model, x)
+    picture = explanation_image(x, e)
+    assert picture.shape == (16, 16, 3)
+    alpha = e.explanation[0, ..., 3].numpy()
+    assert np.allclose(picture, e.explanation[0, ..., :3].numpy() * alpha[..., None], atol=1e-6)
+
+
+def test_serve_refuses_a_model_that_is_not_available_offline(weights_env, capsys, monkeypatch):
+    from bcos_zoo.cli import main
+
+    for var, value in (("BCOS_ZOO_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")):
+        monkeypatch.setenv(var, value)  # serve sets them for itself; here they are restored afterwards
+
+    assert main(["serve", "--model", "bcos_resnet50", "--port", str(_free_port())]) == 1
+    assert "bcos_resnet50.long_in1k is not available offline" in capsys.readouterr().err
 
 
 def test_offline_models_are_the_shipped_and_cached_weights(weights_env):

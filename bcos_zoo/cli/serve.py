@@ -267,14 +267,13 @@ def build_app(models: Sequence[str], model: str, *, device: str = "cpu") -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the demo is offline
     os.environ.setdefault("BCOS_ZOO_OFFLINE", "1")  # nothing is downloaded, even by accident
+    model = bcos_zoo.get_weights(args.model).name if args.model else DEMO_MODEL
+    load_offline(model, args.device)  # a model that cannot be served fails here, before Gradio is even loaded
     try:
         import gradio as gr
     except ImportError:
         raise UsageError("the web demo needs Gradio: pip install 'bcos-zoo[demo]'") from None
-    models = offline_models()
-    model = bcos_zoo.get_weights(args.model).name if args.model else DEMO_MODEL
-    load_offline(model, args.device)  # a model that cannot be served fails here, before the server starts
-    app = build_app([model] + [m for m in models if m != model], model, device=args.device)
+    app = build_app([model] + [m for m in offline_models() if m != model], model, device=args.device)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
     app.queue().launch(server_name=args.host, server_port=args.port, css=PAGE_CSS, theme=theme, ssr_mode=False,
                        max_file_size="50mb", show_error=False, footer_links=[])  # fmt: skip
