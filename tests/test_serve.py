@@ -138,6 +138,15 @@ def test_colour_models_show_the_bcos_rgba_view_over_black(single_thread):
     assert np.allclose(picture, e.explanation[0, ..., :3].numpy() * alpha[..., None], atol=1e-6)
 
 
+def test_serve_help_names_its_options(capsys):
+    from bcos_zoo.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(option in out for option in ("--model", "--port", "--host", "127.0.0.1"))
+
+
 def test_serve_refuses_a_model_that_is_not_available_offline(weights_env, capsys, monkeypatch):
     from bcos_zoo.cli import main
 

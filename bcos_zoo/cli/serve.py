@@ -178,8 +178,8 @@ def _explain(loaded: LoadedModel, img: Image.Image, k: int) -> DemoResult:
         total = float(e.contribution_map[0].sum())
         images.append((to_uint8(explanation_image(x, e)), _caption(name, prob)))
         images.append((to_uint8(contribution_image(e.contribution_map[0])), f"{name}: sum {total:.3g}"))
-    kind = "sigmoid: each class is scored on its own, so they need not sum to 1" if hasattr(
-        loaded.model, "to_probabilities") else "softmax"  # fmt: skip
+    sigmoid = hasattr(loaded.model, "to_probabilities")  # as LoadedModel.probabilities decides
+    kind = "sigmoid: each class is scored on its own, so they need not sum to 1" if sigmoid else "softmax"
     top = next(iter(labels))
     message = (
         f"**{top}** (p = {labels[top]:.2f}) by `{loaded.describe()}`. Probabilities: {kind}. Explanations: where "
@@ -210,8 +210,8 @@ def analyse(image: str | os.PathLike | Image.Image | None, model_name: str | Non
             return DemoResult(message=f"**Error:** K must be a whole number from 1 to {MAX_K}, got {k}.")
         img = image if isinstance(image, Image.Image) else read_image(image)
         return _explain(load_offline(model_name, device), img, int(k))
-    except Exception as e:  # the page reports every error as a message; the server log keeps the traceback
-        log.debug("request failed", exc_info=True)
+    except Exception as e:  # the page reports every error as a message; the server log keeps unexpected tracebacks
+        log.warning("request failed: %s", e, exc_info=not isinstance(e, ValueError))
         return DemoResult(message=f"**Error:** {' '.join(str(e).split()) or type(e).__name__}")
 
 
