@@ -236,6 +236,12 @@ def test_the_page_explains_an_uploaded_image_as_the_python_api_does(server, tmp_
             upload.set_input_files(str(text))
             page.get_by_text("notes.txt is not an image").wait_for()
             page.screenshot(path=tmp_path / "serve-error.png", full_page=True)
+            page.locator("#bcos-bundled input").click()  # a bundled image, then K = 10: twenty pictures
+            page.get_by_role("option", name="fmnist_test0000_ankle_boot.png").click()
+            page.get_by_text("by bcos_resnet20_cifar.fmnist").wait_for()
+            assert page.inner_text("#bcos-message").startswith("Ankle boot (p = ")
+            page.locator("#bcos-k input[type=number]").fill("10")
+            page.locator("#bcos-gallery img").nth(19).wait_for(state="attached")
         finally:
             browser.close()
     artefacts = REPO / "test-artefacts"

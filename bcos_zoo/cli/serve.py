@@ -242,9 +242,10 @@ def build_app(models: Sequence[str], model: str, *, device: str = "cpu") -> Any:
             with gr.Column(scale=1, min_width=260):
                 upload = gr.File(label="Upload an image", file_count="single", type="filepath", height=110,
                                  elem_id="bcos-upload")  # fmt: skip
-                bundled = gr.Dropdown(bundled_images(), value=None, label="or pick a bundled image")
+                bundled = gr.Dropdown(bundled_images(), value=None, label="or pick a bundled image",
+                                      elem_id="bcos-bundled")  # fmt: skip
                 chosen = gr.Dropdown(list(models), value=model, label="Model (usable offline)", allow_custom_value=True)
-                k = gr.Slider(1, MAX_K, value=3, step=1, label="K: classes to explain")
+                k = gr.Slider(1, MAX_K, value=3, step=1, label="K: classes to explain", elem_id="bcos-k")
                 button = gr.Button("Explain", variant="primary")
             with gr.Column(scale=1, min_width=260):
                 message = gr.Markdown("Upload an image or pick a bundled one.", elem_id="bcos-message")
@@ -259,8 +260,9 @@ def build_app(models: Sequence[str], model: str, *, device: str = "cpu") -> Any:
         inputs = [current, chosen, k]
         upload.upload(lambda path: path, upload, current).then(run, inputs, outputs)
         bundled.input(lambda name: str(ASSETS / name) if name else None, bundled, current).then(run, inputs, outputs)
-        for trigger in (button.click, chosen.input, k.release):
+        for trigger in (button.click, chosen.input):
             trigger(run, inputs, outputs)
+        k.input(run, inputs, outputs, trigger_mode="always_last")  # dragging runs only the latest K
     return app
 
 
