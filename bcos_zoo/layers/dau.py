@@ -153,18 +153,23 @@ class CoDAConv2d(Detachable, nn.Module):
         d, _, r1 = factors.shape
         filters = factors.transpose(1, 2).reshape(d * r1, self.in_channels, *self.kernel_size)
         projected = F.conv2d(x, filters, None, self.stride, self.padding).unflatten(1, (d, r1))  # [N, D, R+1, H', W']
-        return (projected[:, :, :-1] * h.unsqueeze(1)).sum(2) + projected[:, :, -1]
+        h1 = F.pad(h, (0, 0, 0, 0, 0, 1), value=1.0)  # [h; 1], so no slice of the large tensor (nor its backward)
+        return (projected * h1.unsqueeze(1)).sum(2)
 
     def _inverse_norm(self, h: Tensor, factors: Tensor) -> Tensor:
-        """``1 / norm(w_j(x))`` from ``‖w_j‖ = ‖T_j [h; 1]‖`` (``M_j = Q_j T_j``): ``[N, D, H', W']``."""
+        """``1 / norm(w_j(x))`` from ``‖w_j‖ = ‖T_j [h; 1]‖`` (``M_j = Q_j T_j``): ``[N, D, H', W']``.
+
+        Q is computed without gradient and ``T_j = Q_jᵀ M_j`` with it: since ``Q_j Q_jᵀ M_j = M_j``, the
+        gradient of ``‖Q_jᵀ M_j [h; 1]‖`` with Q held constant is that of ``‖M_j [h; 1]‖``, exactly, and
+        nothing is divided by the triangular factor (as differentiating the QR would do, which is
+        ill-conditioned when M_j is)."""
         with torch.no_grad():
             basis = torch.linalg.qr(factors).Q  # [D, P, m], m = min(P, R+1)
         triangular = basis.mT @ factors  # T_j = Q_jᵀ M_j; its gradient is exact without differentiating the QR
         d, m, _ = triangular.shape
         rotated = F.conv2d(h, triangular[..., :-1].reshape(d * m, -1, 1, 1), triangular[..., -1].reshape(d * m))
-        norm_sq = rotated.unflatten(1, (d, m)).square().sum(2)  # ‖w_j‖²
-        norm = norm_sq.sqrt()
-        return norm / (1 + norm_sq) if self.norm == "squash" else norm.reciprocal()
+        norm = torch.linalg.vector_norm(rotated.unflatten(1, (d, m)), dim=2)  # ‖w_j‖, one fused op and backward
+        return norm / (1 + norm * norm) if self.norm == "squash" else norm.reciprocal()
 
     def extra_repr(self) -> str:
         groups = self.weight_mod.weighting_f[1].groups
