@@ -246,3 +246,21 @@ def test_coda_loads_official_checkpoints(tmp_path) -> None:
     assert "unexpected keys: 9.weight_mod.weighting_f.0.weight" in str(err.value)
     with pytest.raises(CheckpointError, match="shape mismatches: 0.weight_mod"):  # the full-rank model's weights
         create_model("coda_simple9_cifar", pretrained=tmp_path / "model_epoch_200.pkl")
+
+
+@pytest.mark.slow
+def test_coda_trains_on_fashion_mnist_and_reloads(tmp_path) -> None:
+    """``bcos-zoo train --model coda_simple9_cifar --model-kwargs in_chans=2 ...``: a few steps, then the
+    final weights rebuild the model from their header and explain it completely."""
+    from bcos_zoo.training import TrainConfig, train
+
+    cfg = TrainConfig(model="coda_simple9_cifar", model_kwargs={"in_chans": 2, "rank_scale": 0.25},
+                      out=str(tmp_path / "run"), epochs=1, batch_size=16, max_steps_per_epoch=3, eval_limit=64)  # fmt: skip
+    result = train(cfg)
+    assert math.isfinite(result["train_loss"]) and result["test_n"] == 64
+    model = bcos_zoo.load_model(tmp_path / "run" / "model.safetensors").eval()
+    assert model.arch == "coda_simple9_cifar" and model.in_chans == 2 and model.ranks[0] == 8
+    assert model.transform.config.crop_size == 28
+    out = model.explain(bcos_zoo.AddInverse()(torch.rand(2, 1, 28, 28)))
+    logits = out.logits.gather(1, out.target[:, None])[:, 0]
+    torch.testing.assert_close(out.contribution_map.sum((-2, -1)) + out.bias_contribution, logits, rtol=1e-5, atol=1e-6)
