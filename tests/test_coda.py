@@ -14,6 +14,8 @@ from bcos_zoo import CheckpointError, create_model
 from bcos_zoo.layers import CoDAConv2d, explanation_mode
 from bcos_zoo.models.coda import CODA_LOGIT_BIAS, CoDANet
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def per_position_dau(layer: CoDAConv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The DAU written out naively, one output position at a time: the dynamic weights of unit j are
@@ -55,7 +57,7 @@ GEOMETRIES = [  # in, units, kernel, stride, padding, rank, norm, groups
 @pytest.mark.parametrize("cin, d, kernel, stride, padding, rank, norm, groups", GEOMETRIES)
 def test_dau_matches_per_position_formula(cin, d, kernel, stride, padding, rank, norm, groups) -> None:
     layer = _layer(cin, d, kernel, stride, padding, rank, norm, groups)
-    x = torch.rand(2, cin, 9, 8, dtype=torch.float64)
+    x = torch.rand(2, cin, 7, 6, dtype=torch.float64)
     expected, _, _ = per_position_dau(layer, x)
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
     layer.float()  # float32 agrees to float32 precision
@@ -188,10 +190,11 @@ def _image(batch: int, size: int, chans: int = 3) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch, kwargs, size", [
-    ("coda_simple9_cifar", {}, 16), ("coda_simple9_cifar", {"norm": "l2", "in_chans": 2, "temperature": 10}, 12),
+    ("coda_simple9_cifar", {"rank_scale": 0.25}, 12),
+    ("coda_simple9_cifar", {"norm": "l2", "in_chans": 2, "temperature": 10, "rank_scale": 0.25}, 12),
     ("coda_simple9_in100", {"rank_scale": 0.125, "num_classes": 7}, 24),
 ])  # fmt: skip
-def test_coda_explanations_are_complete(arch: str, kwargs: dict, size: int, single_thread: None) -> None:
+def test_coda_explanations_are_complete(arch: str, kwargs: dict, size: int) -> None:
     torch.manual_seed(0)
     model = create_model(arch, **kwargs).eval()
     x = _image(2, size, 1 if kwargs.get("in_chans") == 2 else 3)
@@ -243,3 +246,21 @@ def test_coda_loads_official_checkpoints(tmp_path) -> None:
     assert "unexpected keys: 9.weight_mod.weighting_f.0.weight" in str(err.value)
     with pytest.raises(CheckpointError, match="shape mismatches: 0.weight_mod"):  # the full-rank model's weights
         create_model("coda_simple9_cifar", pretrained=tmp_path / "model_epoch_200.pkl")
+
+
+@pytest.mark.slow
+def test_coda_trains_on_fashion_mnist_and_reloads(tmp_path) -> None:
+    """``bcos-zoo train --model coda_simple9_cifar --model-kwargs in_chans=2 ...``: a few steps, then the
+    final weights rebuild the model from their header and explain it completely."""
+    from bcos_zoo.training import TrainConfig, train
+
+    cfg = TrainConfig(model="coda_simple9_cifar", model_kwargs={"in_chans": 2, "rank_scale": 0.25},
+                      out=str(tmp_path / "run"), epochs=1, batch_size=16, max_steps_per_epoch=3, eval_limit=64)  # fmt: skip
+    result = train(cfg)
+    assert math.isfinite(result["train_loss"]) and result["test_n"] == 64
+    model = bcos_zoo.load_model(tmp_path / "run" / "model.safetensors").eval()
+    assert model.arch == "coda_simple9_cifar" and model.in_chans == 2 and model.ranks[0] == 8
+    assert model.transform.config.crop_size == 28
+    out = model.explain(bcos_zoo.AddInverse()(torch.rand(2, 1, 28, 28)))
+    logits = out.logits.gather(1, out.target[:, None])[:, 0]
+    torch.testing.assert_close(out.contribution_map.sum((-2, -1)) + out.bias_contribution, logits, rtol=1e-5, atol=1e-6)
