@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -36,16 +37,22 @@ def _shapes(net: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
+def _depth(net: nn.Module) -> int:
+    """The depth torchvision's names count: convs (without the shortcut projections) plus linear layers."""
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for n, m in net.named_modules() if "downsample" not in n)
+
+
 def _torchvision_name(net: nn.Module, num_classes: int) -> str | None:
-    """The torchvision builder that makes exactly ``net``'s structure (compared on the meta device), if any."""
+    """The torchvision builder that makes exactly ``net``'s structure (compared on the meta device), if any;
+    only builders whose name carries ``net``'s depth are tried."""
     import torchvision
 
     prefixes = _TORCHVISION_PREFIXES.get(type(net).__name__, ())
     if type(net).__module__.split(".")[0] != "torchvision" or not prefixes:
         return None
-    shapes = _shapes(net)
+    shapes, depth = _shapes(net), str(_depth(net))
     for name in sorted(torchvision.models.list_models(module=torchvision.models)):
-        if name.startswith(prefixes):
+        if name.startswith(prefixes) and re.search(r"\d+", name).group() == depth:  # resnext50_32x4d: 50
             with torch.device("meta"):
                 candidate = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
             if type(candidate) is type(net) and _shapes(candidate) == shapes:

@@ -22,7 +22,6 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..builder import Pretrained, build_model, create_model
@@ -35,7 +34,7 @@ from ._base import BcosModelMixin
 from .bcosify_rules import convert_
 from .vit import _CONFIGS, BCOS_TRANSFORM, STANDARD_TRANSFORM, StandardViT
 
-__all__ = ["BcosifiedNet", "BcosifiedCNN", "BcosifiedViT", "IMAGENET_MEAN", "IMAGENET_STD", "standard_cnn"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BcosifiedCNN", "BcosifiedNet", "BcosifiedViT", "standard_cnn"]
 
 IMAGENET_MEAN: tuple[float, ...] = STANDARD_TRANSFORM.mean or ()
 IMAGENET_STD: tuple[float, ...] = STANDARD_TRANSFORM.std or ()

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..layers import BatchNormUncentered2d, DetachableGroupNorm2d, DetachableLayerNorm
 from ..layers.bcosified import BcosifiedConv2d, BcosifiedLinear, DetachableGELU
 
-__all__ = ["Family", "family_of", "convert_", "split_conv_weight", "split_patch_weight"]
+__all__ = ["Family", "convert_", "family_of", "split_conv_weight", "split_patch_weight"]
 
 _KEPT = (nn.Dropout, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Flatten, BcosifiedConv2d, BcosifiedLinear)
 _REFUSED = {
