@@ -356,6 +356,14 @@ def test_linear_b_schedule() -> None:
         TrainConfig(b_schedule="cosine")
 
 
+def test_cli_takes_torchvision_weights_only_from_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert cli_main(["bcosify", "--from", "torchvision:resnet18", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "not in its cache" in err and str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-") in err
+
+
 def _save_standard(path: Path) -> None:
     std = _cifar_standard(in_chans=1)
     header = bcos_zoo.WeightHeader(arch="standard_resnet20_cifar", model_kwargs={"num_classes": 10, "in_chans": 1})

@@ -74,18 +74,18 @@ def _init_from_file(cfg: TrainConfig, path: str) -> nn.Module:
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """A fresh model, or one initialised from ``cfg.init_from`` (a weight name or a file) with a new head."""
+    """A fresh model, or one initialised from ``cfg.init_from`` (a weight name or a file) with a new head
+    (with ``keep_classifier``, the file's own head when it has ``num_classes`` classes)."""
     if cfg.init_from is None:
         return create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
     if Path(cfg.init_from).is_file() and cfg.keep_classifier:
         model = create_model(cfg.model, pretrained=cfg.init_from, **cfg.model_kwargs)
-        if model.num_classes == num_classes:
-            return model
     elif Path(cfg.init_from).is_file():
         model = _init_from_file(cfg, cfg.init_from)
     else:
         model = create_model(cfg.init_from, pretrained=True, **cfg.model_kwargs)
-    model.reset_classifier(num_classes)
+    if not (cfg.keep_classifier and model.num_classes == num_classes):
+        model.reset_classifier(num_classes)
     if cfg.freeze_features:
         model.requires_grad_(False)
         model.get_classifier().requires_grad_(True)
