@@ -102,7 +102,8 @@ def _eval_transform(net: nn.Module, in_chans: int) -> TransformConfig:
 
 
 def bcosify(model: nn.Module, *, num_classes: int | None = None, b: float = 2.0, mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None, keep_relu: bool = True, logit_bias: float | None = None) -> BcosifiedNet:  # fmt: skip
+            std: Sequence[float] | None = None, keep_relu: bool = True,
+            logit_bias: float | None = None) -> BcosifiedNet:  # fmt: skip
     """A B-cos network made from the trained standard network ``model`` (left unchanged; its weights are copied).
 
     Every conv/linear becomes a B-cos unit keeping its trained weights (B=2 by default), the first
@@ -138,8 +139,8 @@ def bcosify(model: nn.Module, *, num_classes: int | None = None, b: float = 2.0,
     default_mean, default_std = _source_normalisation(model)
     mean, std = mean if mean is not None else default_mean, std if std is not None else default_std
     net = copy.deepcopy(model)
-    was_training = model.training
-    converted = BcosifiedNet(net, mean=mean, std=std, b=b, keep_relu=keep_relu, logit_bias=logit_bias).train(was_training)
+    converted = BcosifiedNet(net, mean=mean, std=std, b=b, keep_relu=keep_relu, logit_bias=logit_bias)
+    converted.train(model.training)
     trained_classes = converted.num_classes
     if family.name == "vit":
         arch, kwargs = _vit_identity(model)

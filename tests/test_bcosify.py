@@ -284,6 +284,14 @@ def test_explain_finetune_save_and_reload_by_name(tmp_path: Path) -> None:
     assert (model.arch, model.in_chans, model.num_classes) == ("bcosified_resnet20_cifar", 2, 4)
     x, y = _with_inverse(_rand(8, 1, 28, 28)), torch.tensor([0, 1, 2, 3] * 2)
     _assert_complete(_calibrate(model, x), x[:2])
+    top = bcos_zoo.explain_topk(model, x[:2], k=2)  # batched top-K
+    assert len(top) == 2 and all(e.dynamic_linear_weights.shape == (2, 2, 28, 28) for e in top)
+    inner = bcos_zoo.explain(model.double(), x[:2].double(), layer="model.layer3.2", channel=5)
+    with torch.no_grad():
+        feature = model.model.layer3(model.model.layer2(model.model.layer1(model.model.relu(model.model.bn1(
+            model.model.conv1(model.normalize(x[:2].double())))))))[:, 5].sum((-2, -1))  # fmt: skip
+    torch.testing.assert_close(inner.contribution_map.sum((-2, -1)) + inner.bias_contribution, feature)
+    model.float()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = model.get_classifier().linear.weight.detach().clone()
     loss = bcos_zoo.training.bce_loss(model.train()(x), y)
@@ -398,7 +406,8 @@ def test_cli_bcosifies_and_finetunes(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_b_schedule_reaches_the_models_b_and_resumes_exactly(tmp_path: Path) -> None:
     def cfg(name: str) -> TrainConfig:
         return TrainConfig(model="bcosified_resnet20_cifar", model_kwargs={"in_chans": 2}, out=str(tmp_path / name),
-                           epochs=2, batch_size=8, max_steps_per_epoch=2, eval_limit=16, b_schedule="linear")  # fmt: skip
+                           epochs=2, batch_size=8, max_steps_per_epoch=2, eval_limit=16,
+                           b_schedule="linear")  # fmt: skip
 
     full = Trainer(cfg("full"))
     seen: list[float] = []

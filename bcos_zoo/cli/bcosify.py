@@ -89,7 +89,7 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (0.485,0.456,0.406), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (0.485,0.456,0.406): {text!r}") from None
 
 
 def add_commands(add: Any) -> None:

@@ -36,7 +36,7 @@ def add_train_options(p: argparse.ArgumentParser, finetune: bool, from_help: str
     p.add_argument("--ema-decay", type=float, default=None, help="keep an EMA of the weights with this decay (per step)")
     p.add_argument("--shift", type=int_in(0, 64), default=d.shift, help="max random translation in pixels (Fashion-MNIST)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="disable random horizontal flips")
-    p.add_argument("--seed", type=int, default=d.seed, help="fixes initialisation, data order, augmentation (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="fixes init, data order, augmentation (%(default)s)")
     p.add_argument("--from", dest="init_from", default=None, required=finetune,
                    help=from_help or "fine-tune: a registered weight name or a checkpoint file")
     p.add_argument("--freeze-features", action="store_true", help="fine-tune only the classifier")
@@ -61,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_training(cfg: Any, args: argparse.Namespace) -> int:
-    """Train ``cfg`` (a :class:`~bcos_zoo.training.TrainConfig`) as ``--threads`` / ``--resume`` say; print the result."""
+    """Train ``cfg`` (a :class:`~bcos_zoo.training.TrainConfig`) as ``--threads`` and ``--resume`` say; print it."""
     import torch
     import torch.distributed as dist
 

@@ -18,6 +18,7 @@ their weight files reload with ``bcos_zoo.load_model(path)``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -61,12 +62,13 @@ class BcosifiedNet(BcosModelMixin, nn.Module):
         nn.Module.__init__(self)
         net, family, colors = convert_(net, b=b, keep_relu=keep_relu)
         classifier = net.get_submodule(family.classifier)
-        num_classes = classifier.out_channels if isinstance(classifier, BcosifiedConv2d) else classifier.out_features
+        conv = isinstance(classifier, BcosifiedConv2d)
+        num_classes = classifier.out_channels if conv else classifier.out_features
         self._init_bcos(num_classes=num_classes, in_chans=2 * colors, conv=bcos_conv_factory(b, 1, BcosifiedConv2d),
                         logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
         self.family, self._trunk = family.name, family.trunk
         self._head_path, self._classifier_path = f"model.{family.head}", f"model.{family.classifier}"
-        self.num_features = classifier.in_channels if isinstance(classifier, BcosifiedConv2d) else classifier.in_features
+        self.num_features = classifier.in_channels if conv else classifier.in_features
         self.normalize = InputNormalization(mean or (0.0,) * colors, std or (1.0,) * colors)
         self.model = net
         self.final_relu = nn.ReLU() if family.final_relu and keep_relu else nn.Identity()
@@ -88,7 +90,10 @@ class BcosifiedNet(BcosModelMixin, nn.Module):
         return super().forward_head(x)
 
     def get_feature_extractor(self) -> nn.Module:
-        """The modules before the classifier (a view sharing this model's parameters)."""
+        """The modules before the classifier, sharing this model's parameters (e.g. to freeze them).
+
+        For CNNs it computes the features too; a ViT adds its positional embedding between the
+        patch embedding and the transformer, so compute ViT features with :meth:`forward_features`."""
         if self.family == "vit":
             return nn.Sequential(OrderedDict(normalize=self.normalize, to_patch_embedding=self.model.to_patch_embedding,
                                              transformer=self.model.transformer))  # fmt: skip
@@ -143,7 +148,7 @@ def standard_cnn(base: str, num_classes: int, in_chans: int) -> nn.Module:
     """The standard network ``base`` (``"torchvision:NAME"`` or a bcos-zoo ``standard_*`` architecture)
     with random weights, for a B-cosified model of ``in_chans`` channels (the image and its inverse)."""
     if not has_inverse(in_chans):
-        raise ValueError(f"a B-cosified model takes the image and its inverse: in_chans=2 (gray) or 6 (RGB), got {in_chans}")
+        raise ValueError(f"a B-cosified model takes the image and its inverse: in_chans=2 (gray) or 6, got {in_chans}")
     colors = color_channels(in_chans)
     if base.startswith("torchvision:"):
         if colors != 3:
@@ -197,8 +202,7 @@ def _cnn(arch: str, base: str, pretrained: Pretrained, kwargs: dict[str, Any], *
 
 def _vit(arch: str, pretrained: Pretrained, kwargs: dict[str, Any]) -> BcosifiedViT:
     config = _CONFIGS[arch.split("_", 1)[1]]
-    fields = dict(patch_size=config.patch_size, dim=config.dim, depth=config.depth, heads=config.heads,
-                  mlp_dim=config.mlp_dim, conv_stem=config.conv_stem, image_size=config.image_size)  # fmt: skip
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}  # patch_size, dim, ... image_size
     return build_model(BcosifiedViT, arch, pretrained, kwargs, transform=BCOS_TRANSFORM, mean=IMAGENET_MEAN,
                        std=IMAGENET_STD, **fields)  # fmt: skip
 

@@ -64,7 +64,8 @@ class Family:
 
 _RESNET_PARTS = frozenset({"ResNet", "StandardCifarResNet", "BasicBlock", "Bottleneck", "Sequential"})
 _DENSENET_PARTS = frozenset({"DenseNet", "_DenseBlock", "_DenseLayer", "_Transition", "Sequential"})
-_VIT_PARTS = frozenset({"StandardViT", "Encoder", "Attention", "FeedForward", "Sequential", "Patchify", "PosEmbSinCos2d"})
+_VIT_PARTS = frozenset({"StandardViT", "Encoder", "Attention", "FeedForward", "Sequential", "Patchify",
+                        "PosEmbSinCos2d"})  # fmt: skip
 
 
 def family_of(net: nn.Module) -> Family:
@@ -79,7 +80,8 @@ def family_of(net: nn.Module) -> Family:
         return Family("densenet", _DENSENET_PARTS, ("features",), "classifier", "classifier", final_relu=True)
     if kind == "VGG":
         last = len(net.classifier) - 1
-        return Family("vgg", frozenset({"VGG", "Sequential"}), ("features", "avgpool"), "classifier", f"classifier.{last}")
+        parts = frozenset({"VGG", "Sequential"})
+        return Family("vgg", parts, ("features", "avgpool"), "classifier", f"classifier.{last}")
     if kind == "StandardViT":
         return Family("vit", _VIT_PARTS, head="linear_head", classifier="linear_head.linear")
     raise TypeError(
@@ -209,7 +211,8 @@ def _first_layer(net: nn.Module, family: Family) -> tuple[str, int]:
         return "to_patch_embedding.linear", net.in_chans
     path, conv = next(((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
     if conv is None or conv.in_channels not in (1, 3):
-        raise TypeError(f"the first conv of {type(net).__name__} ({path or 'none'}) does not read a 1- or 3-channel image")
+        raise TypeError(f"the first conv of {type(net).__name__} ({path or 'none'}) does not read a 1- or 3-channel "
+                        "image")  # fmt: skip
     return path, conv.in_channels
 
 

@@ -62,4 +62,4 @@ class TrainConfig:
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.b_schedule not in (None, "linear"):
-            raise ValueError(f"b_schedule must be None (fixed B) or 'linear' (B from 1 to the model's), got {self.b_schedule!r}")
+            raise ValueError(f"b_schedule must be None (fixed B) or 'linear' (1 to the model's B): {self.b_schedule!r}")
