@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from . import models  # noqa: F401  (registers the architectures)
 from . import pretrained as _pretrained_tables  # noqa: F401  (registers the official and shipped weights)
+from .bcosification import bcosify
 from .builder import Pretrained, create_model, load_model
 from .checkpoint import read_header, read_state_dict, save_weights
 from .errors import CheckpointError, DownloadError, HashMismatchError, OfflineError, TrustOnFirstUseWarning
@@ -35,6 +36,6 @@ __all__ = [
     "WeightHeader", "HubFile", "UrlFile", "PackageFile", "release_file", "read_header", "read_state_dict",
     "save_weights", "cache_dir", "explain", "explain_topk", "Explanation", "gradient_to_image", "explanation_mode",
     "AddInverse", "TransformConfig", "create_transform", "CheckpointError", "DownloadError", "HashMismatchError",
-    "OfflineError", "TrustOnFirstUseWarning",
+    "OfflineError", "TrustOnFirstUseWarning", "bcosify",
     "export_onnx", "onnx_max_deviation",
 ]  # fmt: skip

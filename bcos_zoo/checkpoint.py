@@ -9,6 +9,7 @@ are; PyTorch files (official B-cos ``.pth``, Lightning ``.ckpt``) with
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -75,6 +76,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         if fmt == "safetensors":
             return load_file(str(path), device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only=True met a pickled object that is not a tensor
+        detail = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")[:200]
+        raise CheckpointError(
+            f"cannot read checkpoint {path} with torch.load(weights_only=True): it pickles objects other than tensors "
+            f"({detail or 'refused for safety'}). Lightning .ckpt files keep hyper-parameters and callbacks that way. "
+            "If you trust the file, extract its weights once: python -c \"import torch; ckpt = torch.load('"
+            f"{path}', weights_only=False); torch.save(ckpt['state_dict'], '{path.with_suffix('.state_dict.pth')}')\" "
+            "and pass the new file."
+        ) from e
     except Exception as e:  # noqa: BLE001 - the unpickler and the parsers raise anything on a bad file
         raise CheckpointError(
             f"cannot read checkpoint {path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}. The file may be "

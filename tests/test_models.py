@@ -51,8 +51,11 @@ def test_registry_is_complete() -> None:
     assert expected <= set(ALL), sorted(expected - set(ALL))
 
 
+#: the larger B-cosified nets (1-2.5 s each here); their conversion rules run by default in tests/test_bcosify.py
+BCOSIFIED_SLOW = {"bcosified_resnet50", "bcosified_densenet121", *(f"bcosified_{v}" for v in (
+    "simple_vit_b_patch16_224", "simple_vit_l_patch16_224", "vitc_b_patch1_14", "vitc_l_patch1_14"))}  # fmt: skip
 #: 11 s here (VGG's 4096-channel 7×7 classifier conv); its v2 twin, the same layout, runs by default
-SLOW = {"bcos_v1_vgg11"}
+SLOW = {"bcos_v1_vgg11"} | BCOSIFIED_SLOW
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ALL])
@@ -78,7 +81,8 @@ def _calibrate(model: torch.nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("standard_")])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BCOSIFIED_SLOW else n
+                                  for n in ALL if not n.startswith("standard_")])  # fmt: skip
 def test_explain_is_complete(name: str, single_thread: None) -> None:
     model = _build(name)
     x = _input(model, name)

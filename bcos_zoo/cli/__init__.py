@@ -3,7 +3,8 @@ and measure localisation; train and fine-tune; and a demo that works offline.
 
 One module per command group, each registering its subcommands: :mod:`.weights` (list, info,
 download, convert), :mod:`.inference` (predict, explain, demo), :mod:`.measure` (evaluate,
-localisation), :mod:`.train` (train, finetune), :mod:`.export` (export), :mod:`.serve` (the web demo). All of them use only bcos-zoo's public API.
+localisation), :mod:`.train` (train, finetune), :mod:`.bcosify` (bcosify), :mod:`.export` (export),
+:mod:`.serve` (the web demo). All of them use only bcos-zoo's public API.
 
 Every command has ``--help``. It exits with 0 on success, 1 on an error (one line on stderr; the
 traceback only with ``--debug``), 2 on a usage error and 130 when interrupted.
@@ -26,7 +27,7 @@ from typing import Any
 
 from bcos_zoo.version import __version__
 
-from . import export, inference, measure, serve, train, weights
+from . import bcosify, export, inference, measure, serve, train, weights
 from .common import Parser, UsageError
 
 __all__ = ["main", "build_parser"]
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[common], **kw)
 
-    for group in (weights, inference, measure, train, export, serve):
+    for group in (weights, inference, measure, train, bcosify, export, serve):
         group.add_commands(add)
     return parser
 

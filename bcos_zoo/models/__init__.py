@@ -9,3 +9,4 @@ from .simple9 import *  # noqa: F401,F403
 from .v1 import *  # noqa: F401,F403
 from .standard_resnet import *  # noqa: F401,F403
 from .coda import *  # noqa: F401,F403
+from .bcosified import *  # noqa: F401,F403

@@ -26,6 +26,11 @@ class TrainConfig:
         freeze_features: train the classifier only.
         image_size: crop size for ImageFolder data.
         max_steps_per_epoch, eval_batch_size, eval_limit: caps for smoke tests and evaluation.
+        keep_classifier: with ``init_from`` a file: keep its classifier when it has as many classes as the data.
+        optimizer: ``"adam"`` or ``"adamw"`` (decoupled weight decay; the B-cosification recipe for CNNs).
+        b_schedule: ``"linear"`` raises the B of every B-cos unit linearly from 1 (first step) to the
+            model's own B (last step), as in the B-cosification ablation; ``None`` keeps it fixed.
+        eval_at_start: evaluate before the first step too (history entry ``epoch: 0``, ``wall_time: 0``).
     """
 
     model: str = "bcos_resnet20_cifar"
@@ -48,3 +53,13 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 500
     eval_limit: int | None = None
+    keep_classifier: bool = False
+    optimizer: str = "adam"
+    b_schedule: str | None = None
+    eval_at_start: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.b_schedule not in (None, "linear"):
+            raise ValueError(f"b_schedule must be None (fixed B) or 'linear' (1 to the model's B): {self.b_schedule!r}")

@@ -20,12 +20,13 @@ from ..checkpoint import read_state_dict
 from ..errors import CheckpointError
 from ..evaluation import evaluate
 from ..data import to_model_input
+from ..layers.bcosified import model_b, set_b_
 from . import checkpoint
 from .config import TrainConfig
 from .data import TrainData
 from .distributed import init_distributed
 
-__all__ = ["Trainer", "bce_loss", "train"]
+__all__ = ["Trainer", "bce_loss", "scheduled_b", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,16 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def scheduled_b(step: int, total_steps: int, b_final: float) -> float:
+    """The linear B schedule: 1 at the first step, ``b_final`` at the last (``total_steps`` in all).
+
+    Example:
+        >>> [scheduled_b(s, 5, 2.0) for s in range(5)]
+        [1.0, 1.25, 1.5, 1.75, 2.0]
+    """
+    return 1.0 + (b_final - 1.0) * min(step / max(total_steps - 1, 1), 1.0)
+
+
 def _init_from_file(cfg: TrainConfig, path: str) -> nn.Module:
     """The model of ``cfg`` with a file's weights for everything but the classifier."""
     model = create_model(cfg.model, **cfg.model_kwargs)
@@ -63,14 +74,18 @@ def _init_from_file(cfg: TrainConfig, path: str) -> nn.Module:
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """A fresh model, or one initialised from ``cfg.init_from`` (a weight name or a file) with a new head."""
+    """A fresh model, or one initialised from ``cfg.init_from`` (a weight name or a file) with a new head
+    (with ``keep_classifier``, the file's own head when it has ``num_classes`` classes)."""
     if cfg.init_from is None:
         return create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
-    if Path(cfg.init_from).is_file():
+    if Path(cfg.init_from).is_file() and cfg.keep_classifier:
+        model = create_model(cfg.model, pretrained=cfg.init_from, **cfg.model_kwargs)
+    elif Path(cfg.init_from).is_file():
         model = _init_from_file(cfg, cfg.init_from)
     else:
         model = create_model(cfg.init_from, pretrained=True, **cfg.model_kwargs)
-    model.reset_classifier(num_classes)
+    if not (cfg.keep_classifier and model.num_classes == num_classes):
+        model.reset_classifier(num_classes)
     if cfg.freeze_features:
         model.requires_grad_(False)
         model.get_classifier().requires_grad_(True)
@@ -92,8 +107,10 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.device] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay)  # fmt: skip
+        optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.opt = optimizer([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
+                             weight_decay=cfg.weight_decay)  # fmt: skip
+        self.b_final = model_b(self.model) if cfg.b_schedule else None
         self.steps = self.data.steps_per_epoch()
         total, warmup = self.steps * cfg.epochs, int(self.steps * cfg.warmup_epochs)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, warmup, total))
@@ -126,6 +143,7 @@ class Trainer:
             if step >= self.steps:
                 break
             x, y = to_model_input(x.to(self.device), in_chans), y.to(self.device)
+            self._schedule_b(self.epoch * self.steps + step)
             logits = self.net(x)
             loss = bce_loss(logits, y, cfg.off_label)
             self.opt.zero_grad(set_to_none=True)
@@ -142,6 +160,22 @@ class Trainer:
         loss_sum, correct, n = self.dist.sum(sums, self.device)
         return {"train_loss": loss_sum / n, "train_acc": 100 * correct / n, "train_samples": int(n)}
 
+    def _schedule_b(self, step: int) -> None:
+        """Set B for the global ``step`` (a function of the step alone, so a resumed run continues the schedule)."""
+        if self.b_final is not None:
+            b = scheduled_b(step, self.steps * self.cfg.epochs, self.b_final)
+            for model in (self.model, self.ema.module if self.ema is not None else None):
+                if model is not None:
+                    set_b_(model, b)
+
+    def _evaluate_start(self) -> None:
+        """History entry ``epoch 0``: the model before any step (at the schedule's first B), wall time 0."""
+        self._schedule_b(0)
+        metrics = {f"test_{k}": v for k, v in evaluate(self.eval_model(), self.data.test_batches()).items()}
+        self.history.append({**metrics, "epoch": 0, "wall_time": 0.0})
+        if self.dist.main:
+            log.info("before training: %s", metrics)
+
     def eval_model(self) -> nn.Module:
         """The model that is evaluated and saved: the EMA weights if kept."""
         return self.ema.module if self.ema is not None else self.model
@@ -155,6 +189,8 @@ class Trainer:
         """Train until the configured last epoch (or, to simulate an interruption, for at most
         ``stop_after`` epochs in this call); the final weights and card are written at the end."""
         cfg, stop = self.cfg, self.epoch + (stop_after or self.cfg.epochs)
+        if cfg.eval_at_start and self.epoch == 0 and not self.history:
+            self._evaluate_start()
         while self.epoch < min(cfg.epochs, stop):
             start = time.time()
             metrics = self._train_epoch()
