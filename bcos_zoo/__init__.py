@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from . import models  # noqa: F401  (registers the architectures)
 from . import pretrained as _pretrained_tables  # noqa: F401  (registers the official and shipped weights)
-from .attribution import attribute, cam_target_layers, tokens_to_map
 from .builder import Pretrained, create_model, load_model
 from .checkpoint import read_header, read_state_dict, save_weights
 from .errors import CheckpointError, DownloadError, HashMismatchError, OfflineError
 from .explain import Explanation, explain, explain_topk, gradient_to_image
 from .fetch import cache_dir
-from .interop import ImageInputModel, quantus_explain_func
 from .layers import explanation_mode
 from .records import HubFile, PackageFile, UrlFile, WeightHeader, WeightSpec, release_file
 from .registry import (
@@ -28,6 +26,8 @@ from .registry import (
     register_weights,
 )  # fmt: skip
 from .transforms import AddInverse, TransformConfig, create_transform
+from .attribution import attribute, cam_target_layers, tokens_to_map  # captum, Grad-CAM
+from .interop import ImageInputModel, quantus_explain_func  # Quantus
 from .version import __version__
 
 __all__ = [
@@ -37,5 +37,5 @@ __all__ = [
     "save_weights", "cache_dir", "explain", "explain_topk", "Explanation", "gradient_to_image", "explanation_mode",
     "AddInverse", "TransformConfig", "create_transform", "CheckpointError", "DownloadError", "HashMismatchError",
     "OfflineError",
-    "attribute", "cam_target_layers", "tokens_to_map", "ImageInputModel", "quantus_explain_func",
 ]  # fmt: skip
+__all__ += ["attribute", "cam_target_layers", "tokens_to_map", "ImageInputModel", "quantus_explain_func"]
