@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .explain import Target, _resolve_target, _state_kept, check_input, explain
+from .explain import Target, _resolve_target, _state_kept, check_input, explain, explain_topk
 from .layers import explanation_mode
 from .transforms import color_channels, has_inverse
 
@@ -153,10 +153,26 @@ _POST_HOC: dict[str, Callable[..., Tensor]] = {
 }  # fmt: skip
 
 
+def _bcos(model: nn.Module, x: Tensor, target: Target) -> Tensor:
+    """The B-cos contribution maps; one image expanded to a batch (stride 0, as the grid pointing game
+    passes it with one target per tile) costs one forward pass and one batched backward pass."""
+    if isinstance(x, Tensor) and x.dim() == 4 and x.shape[0] > 1 and x.stride(0) == 0 and target is not None:
+        targets = torch.as_tensor(target).reshape(-1)
+        if targets.numel() in (1, x.shape[0]):  # otherwise explain() names the mismatch
+            per_tile = targets.expand(x.shape[0]).tolist()
+            return torch.cat([e.contribution_map for e in explain_topk(model, x[:1], targets=[per_tile])])
+    return explain(model, x, target).contribution_map
+
+
 def _targets(model: nn.Module, x: Tensor, target: Target) -> list[int]:
-    """One class per sample (``None``: the predicted ones), checked against the model's outputs."""
-    with torch.no_grad():
-        logits = model(x)
+    """One class per sample (``None``: the predicted ones, which cost a forward pass), checked against
+    the number of classes."""
+    num_classes = getattr(model, "num_classes", None)
+    if target is None or num_classes is None:
+        with torch.no_grad():
+            logits = model(x)
+    else:
+        logits = x.new_zeros(x.shape[0], num_classes)  # only its shape is read
     return _resolve_target(target, logits).tolist()
 
 
@@ -191,7 +207,7 @@ def attribute(
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
     if method == "bcos":
-        return explain(model, x, target).contribution_map
+        return _bcos(model, x, target)
     x = check_input(model, x)
     mode = explanation_mode(model, active=in_explanation_mode)
     with torch.inference_mode(False), torch.enable_grad(), _state_kept(model), mode:
