@@ -28,6 +28,8 @@ from .registry import (
     register_weights,
 )  # fmt: skip
 from .transforms import AddInverse, TransformConfig, create_transform
+from .attribution import attribute, cam_target_layers, tokens_to_map  # captum, Grad-CAM
+from .interop import ImageInputModel, quantus_explain_func  # Quantus
 from .version import __version__
 
 __all__ = [
@@ -39,3 +41,4 @@ __all__ = [
     "OfflineError", "TrustOnFirstUseWarning", "bcosify",
     "export_onnx", "onnx_max_deviation",
 ]  # fmt: skip
+__all__ += ["attribute", "cam_target_layers", "tokens_to_map", "ImageInputModel", "quantus_explain_func"]

@@ -7,15 +7,9 @@ smoothing, negative values are dropped and the score of that tile is the share o
 attribution that falls inside it. A method that points at the right object scores 1; a uniform
 map scores ``1 / g²``.
 
-Methods (all on the same model, in :data:`METHODS`):
-
-- ``bcos``: the model-inherent explanation, ``Σ_c x·W(x)`` in explanation mode (:func:`bcos_zoo.explain_topk`).
-- ``ixg``: Input×Gradient of the ordinary forward pass (*outside* explanation mode), via captum.
-- ``intgrad``: Integrated Gradients (captum, 20 steps) from a black image, i.e. ``[0, 1]`` in every
-  (channel, inverse) pair of a B-cos input. (Not from the all-zero input: a B-cos network without
-  biases is positively homogeneous, ``f(a·x) = a·f(x)``, so IntGrad from zero equals Input×Gradient.)
-- ``gradcam``: Grad-CAM (captum ``LayerGradCam``) on the last stage of the feature extractor,
-  upsampled to the input size.
+Methods: any of :data:`bcos_zoo.attribution.METHODS` (``bcos``, the model-inherent explanation;
+``ixg``, ``intgrad``, ``gradcam``, ... post-hoc via captum on the ordinary forward pass), computed by
+:func:`bcos_zoo.attribute`, whose docstring describes them and their baselines.
 
 Tiles are laid out column-major as in the reference: image ``k`` sits in row-block ``k mod g`` and
 column-block ``k div g``.
@@ -37,20 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attribution import METHODS, attribute
 from .data import to_model_input
 from .evaluation import predict_logits
-from .explain import explain_topk
-from .layers import explanation_mode
-from .transforms import color_channels, has_inverse
 
 __all__ = [
     "METHODS", "make_grid", "cell_shares", "pointing_game_scores", "confident_correct", "sample_grids",
-    "attribute", "grid_pointing_game", "LocalisationResult", "summarize", "default_smoothing", "ImageSource",
+    "grid_pointing_game", "LocalisationResult", "summarize", "default_smoothing", "ImageSource",
     "take_images", "image_batches",
 ]  # fmt: skip
-
-Attributor = Callable[[nn.Module, Tensor, list[int]], Tensor]
-
 
 # ------------------------------------------------------------------------------------------- the metric
 
@@ -126,73 +115,6 @@ def sample_grids(per_class: dict[int, list[int]], grid: int, n_grids: int, seed:
         grids.append([queues[c].pop(0) for c in classes.tolist()])
         queues = {c: q for c, q in queues.items() if q}
     return grids
-
-
-# --------------------------------------------------------------------------------------- attributions
-
-
-def _bcos(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
-    explanations = explain_topk(model, x, targets=[targets])
-    return torch.cat([e.contribution_map for e in explanations])  # [n, H, W]
-
-
-def _captum_attr() -> object:
-    try:
-        import captum.attr
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("post-hoc attribution methods need captum: pip install 'bcos-zoo[captum]'") from e
-    return captum.attr
-
-
-def _copies(x: Tensor, n: int) -> Tensor:
-    """``n`` copies of one input ``[1, C, H, W]``, one per target, as captum wants them."""
-    return x.detach().expand(n, -1, -1, -1).clone().requires_grad_(True)
-
-
-def _ixg(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
-    xs = _copies(x, len(targets))
-    return _captum_attr().InputXGradient(model).attribute(xs, target=targets).sum(1)
-
-
-def _black(xs: Tensor) -> Tensor:
-    """A black image in the model's encoding: 0, and 1 in the inverse channels of a B-cos input (2 or 6 channels)."""
-    black = torch.zeros_like(xs)
-    if has_inverse(xs.shape[1]):
-        black[:, color_channels(xs.shape[1]) :] = 1
-    return black
-
-
-def _intgrad(model: nn.Module, x: Tensor, targets: list[int], n_steps: int = 20) -> Tensor:
-    xs = _copies(x, len(targets))
-    ig = _captum_attr().IntegratedGradients(model)
-    return ig.attribute(xs, _black(xs), target=targets, n_steps=n_steps, internal_batch_size=len(targets)).sum(1)
-
-
-def _gradcam(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
-    attr = _captum_attr()
-    get_features = getattr(model, "get_feature_extractor", None)
-    if get_features is None:
-        raise ValueError(f"gradcam needs model.get_feature_extractor(), which {type(model).__name__} does not have")
-    layer = list(get_features().children())[-1]
-    xs = _copies(x, len(targets))
-    cam = attr.LayerGradCam(model, layer).attribute(xs, target=targets)  # [n, 1, h, w]
-    return attr.LayerAttribution.interpolate(cam, tuple(x.shape[-2:]))[:, 0]
-
-
-METHODS: dict[str, Attributor] = {"bcos": _bcos, "ixg": _ixg, "intgrad": _intgrad, "gradcam": _gradcam}
-
-
-def attribute(model: nn.Module, x: Tensor, targets: Sequence[int], method: str) -> Tensor:
-    """Attribution maps ``[n, H, W]`` (summed over input channels) of ``targets`` for one input ``x [1, C, H, W]``.
-
-    ``bcos`` runs in explanation mode; every post-hoc method runs on the ordinary forward pass.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "bcos":
-        return METHODS[method](model, x, list(targets)).detach()
-    with torch.enable_grad(), explanation_mode(model, active=False):
-        return METHODS[method](model, x, list(targets)).detach()
 
 
 # ------------------------------------------------------------------------------------------ the analysis
@@ -282,8 +204,9 @@ def grid_pointing_game(
     for indices in wrap(grids, total=len(grids), desc="grids"):
         x = to_model_input(make_grid(take_images(images, indices), grid)[None].to(device), in_chans)  # [1, C, gH, gW]
         targets = labels[indices].tolist()
+        xs = x.expand(len(targets), -1, -1, -1)  # one copy of the grid per tile's class
         for method in methods:
-            scores[method].append(pointing_game_scores(attribute(model, x, targets, method), grid, smooth).cpu())
+            scores[method].append(pointing_game_scores(attribute(model, xs, targets, method), grid, smooth).cpu())
     empty = torch.zeros(0)
     return LocalisationResult(
         scores={m: torch.cat(s) if s else empty for m, s in scores.items()}, grids=grids, grid=grid, smooth=smooth,

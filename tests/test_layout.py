@@ -67,6 +67,8 @@ def test_import_bcos_zoo_stays_light():
     heavy = ("torchvision", "bcos_zoo.cli", "bcos_zoo.training", "bcos_zoo.data", "bcos_zoo.localisation", "matplotlib")
     heavy += ("gradio",)  # the web demo's optional extra
     assert [m for m in loaded if m.startswith(heavy)] == []
+    extras = ("captum", "quantus", "pytorch_grad_cam", "cv2")  # the interpretability extras load lazily
+    assert [m for m in loaded if m.split(".")[0] in extras] == []
 
 
 def test_modules_are_small():

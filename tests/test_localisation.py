@@ -6,10 +6,7 @@ import pytest
 import torch
 
 import bcos_zoo
-from bcos_zoo.explain import explain
-from bcos_zoo.transforms import add_inverse
 from bcos_zoo.localisation import (
-    attribute,
     cell_shares,
     confident_correct,
     default_smoothing,
@@ -19,8 +16,6 @@ from bcos_zoo.localisation import (
     sample_grids,
     summarize,
 )  # fmt: skip
-
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -116,32 +111,6 @@ def test_confident_correct_and_sample_grids():
 def tiny_model():
     torch.manual_seed(0)
     return bcos_zoo.create_model("bcos_resnet20_cifar", in_chans=2, norm_layer="bnu-linear").eval()
-
-
-def test_attribution_methods_shapes_and_modes(tiny_model):
-    x = torch.rand(1, 1, 16, 16)
-    x = add_inverse(x, dim=1)
-    targets = [1, 4, 7, 9]
-    maps = {m: attribute(tiny_model, x, targets, m) for m in ("bcos", "ixg", "intgrad", "gradcam")}
-    for name, m in maps.items():
-        assert m.shape == (4, 16, 16), name
-        assert torch.isfinite(m).all(), name
-    assert not bcos_zoo.layers.model_in_explanation_mode(tiny_model)  # nothing left switched on
-    for k, t in enumerate(targets):  # bcos = the contribution maps of explain()
-        torch.testing.assert_close(maps["bcos"][k], explain(tiny_model, x, target=t).contribution_map[0])
-    # IxG outside explanation mode is not the B-cos explanation; inside it, it is
-    assert not torch.allclose(maps["ixg"], maps["bcos"], atol=1e-6)
-    with bcos_zoo.explanation_mode(tiny_model):
-        from captum.attr import InputXGradient
-
-        inside = (
-            InputXGradient(tiny_model)
-            .attribute(x.expand(4, -1, -1, -1).clone().requires_grad_(), target=targets)
-            .sum(1)
-        )
-    torch.testing.assert_close(inside, maps["bcos"], rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="unknown attribution method"):
-        attribute(tiny_model, x, targets, "lime")
 
 
 def test_grid_pointing_game_end_to_end_with_known_labels(tiny_model):

@@ -86,6 +86,7 @@ class BcosConvNeXt(BcosFeaturesClassifier):
     the norm before it is kept when fine-tuning.
     """
 
+    default_cam_layer = "features"  # Grad-CAM: the last feature map, before the classifier
     _classifier_path = "classifier.1"
 
     def __init__(

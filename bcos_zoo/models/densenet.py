@@ -91,6 +91,7 @@ class BcosDenseNet(BcosFeaturesClassifier):
         logit_bias, logit_temperature: the fixed logit transform (``None`` bias: the default).
     """
 
+    default_cam_layer = "features"  # Grad-CAM: the last feature map, before the classifier
     _classifier_path = "classifier"
 
     def __init__(

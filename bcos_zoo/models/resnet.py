@@ -99,6 +99,7 @@ class BcosResNet(BcosModelMixin, nn.Module):
         zero_init_residual: zero the last norm weight of each residual branch.
     """
 
+    default_cam_layer = ("layer4", "layer3")  # Grad-CAM: the last stage (CIFAR ResNets have three)
     _classifier_path = _head_path = "fc"
     _head_modules = ("fc",)
 

@@ -73,6 +73,7 @@ class BcosSimple9(BcosModelMixin, nn.Module):
         logit_temperature: ``None``: v1's value for ``b``.
     """
 
+    default_cam_layer = "7"  # Grad-CAM: the last conv before the classifier
     _classifier_path = _head_path = "8"
     _head_modules = ("8",)
 

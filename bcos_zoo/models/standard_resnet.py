@@ -29,6 +29,8 @@ class StandardCifarResNet(nn.Module):
         in_chans: input channels (1 for grayscale, 3 for RGB).
     """
 
+    default_cam_layer = "layer3"  # Grad-CAM: the last stage
+
     def __init__(self, layers: tuple[int, int, int] = (3, 3, 3), *, num_classes: int = 10, in_chans: int = 3) -> None:
         from torchvision.models.resnet import BasicBlock  # torchvision's own block: what bcosify sees in the wild
 

@@ -292,6 +292,7 @@ class BcosV1InceptionV3(WrappedCheckpointMixin, BcosModelMixin, nn.Module):
         logit_bias, logit_temperature: the fixed logit transform (``None`` bias: ``-log(num_classes - 1)``).
     """
 
+    default_cam_layer = "Mixed_7c"  # Grad-CAM: the last inception block
     _classifier_path = _head_path = "fc"
     _head_modules = ("fc", "AuxLogits")
     scale_fact = 200.0

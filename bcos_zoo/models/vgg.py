@@ -46,6 +46,7 @@ class BcosVGG(BcosFeaturesClassifier):
     (``classifier.2``); the two convs before it are kept when fine-tuning.
     """
 
+    default_cam_layer = "features"  # Grad-CAM: the last feature map, before the classifier
     _classifier_path = "classifier.2"
 
     def __init__(

@@ -287,6 +287,7 @@ class BcosViT(WrappedCheckpointMixin, BcosModelMixin, _SimpleViT):
         logit_bias, logit_temperature: the fixed logit transform.
     """
 
+    default_cam_layer = "transformer"  # Grad-CAM: the last block's tokens (reshape_transform=tokens_to_map)
     _classifier_path = "linear_head.linear"
 
     def __init__(self, patch_size: int, dim: int, depth: int, heads: int, mlp_dim: int, conv_stem: Sequence[int] = (),
@@ -313,6 +314,8 @@ class StandardViT(_SimpleViT):
         patch_size, dim, depth, heads, mlp_dim, conv_stem, image_size: see :class:`ViTConfig`.
         num_classes, in_chans: classes and input channels.
     """
+
+    default_cam_layer = "transformer"  # Grad-CAM: the last block's tokens (reshape_transform=tokens_to_map)
 
     def __init__(self, patch_size: int, dim: int, depth: int, heads: int, mlp_dim: int, conv_stem: Sequence[int] = (),
                  image_size: int = 224, *, num_classes: int = 1000, in_chans: int = 3) -> None:  # fmt: skip
