@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .detach import Detachable
+from .fastpath import FoldedOutput
 
 __all__ = [
     "BatchNormUncentered2d", "AllNormUncentered2d", "GroupNormUncentered2d", "GNInstanceNormUncentered2d",
@@ -79,7 +80,12 @@ class BatchNormUncentered2d(_UncenteredBatchStats):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, **factory)
         _drop_bias(self, bias)
 
+    #: set by a linked B-cos conv that folds this norm into its filters (see ``layers.fastpath``)
+    _folded_output: FoldedOutput | None = None
+
     def forward(self, x: Tensor) -> Tensor:
+        if not self.training and self._folded_output is not None and self._folded_output.take(x):
+            return x  # already scaled by the conv's folded filters
         std = self._std(x)
         if self.weight is None:
             return _affine(x / std, None, self.bias)
