@@ -55,7 +55,7 @@ class FilterCache:
         values, e.g. an eps) as last time, else ``compute()`` (stored for next time)."""
         key = self._key_of(sources) + extra
         if self._value is None or key != self._key:
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable later with autograd
                 self._value = compute()
             # detached aliases: they share storage and version counter, and keep the storage alive
             self._sources, self._key = tuple(None if t is None else t.detach() for t in sources), key
