@@ -15,7 +15,7 @@ def test_compiled_model_builds_one_graph_per_mode() -> None:
     torch._dynamo.reset()
     graphs: list[torch.fx.GraphModule] = []
 
-    def counting_backend(gm: torch.fx.GraphModule, _inputs: list[torch.Tensor]):  # noqa: ANN202
+    def counting_backend(gm: torch.fx.GraphModule, _inputs: list[torch.Tensor]):
         graphs.append(gm)
         return gm.forward
 

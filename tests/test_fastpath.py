@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from bcos_zoo.layers import BatchNormUncentered2d, BcosConv2d, explanation_mode
 from bcos_zoo.layers.fastpath import link_conv_norm_pairs
-from bcos_zoo.models.resnet import BasicBlock, Bottleneck, BcosResNet
+from bcos_zoo.models.resnet import BasicBlock, BcosResNet, Bottleneck
 
 
 def _randomise_norms_(model: nn.Module, seed: int) -> None:

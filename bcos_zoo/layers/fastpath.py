@@ -19,6 +19,7 @@ max for min); a norm bias is not folded. Which norm follows which conv is read o
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable
 
@@ -106,8 +107,7 @@ def _pairs_in(parent: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """(conv, norm) candidates of one parent: neighbours in an ``nn.Sequential`` and ``convK``/``bnK`` siblings."""
     children = dict(parent.named_children())
     if isinstance(parent, nn.Sequential):
-        items = list(children.values())
-        return list(zip(items, items[1:]))
+        return list(itertools.pairwise(children.values()))
     return [(m, children[f"bn{name[4:]}"]) for name, m in children.items()
             if name.startswith("conv") and f"bn{name[4:]}" in children]  # fmt: skip
 
