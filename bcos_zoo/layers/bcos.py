@@ -105,6 +105,12 @@ def bcos_scale(out: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
     return out * factor.pow(b - 1)
 
 
+def norm_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the norms of ``x`` are accumulated in: float32 for half-precision inputs (autocast runs
+    the convolutions in low precision, the norms stay accurate), else ``x``'s own."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def patch_norms(
     x: Tensor,
     kernel_size: tuple[int, int],
@@ -118,13 +124,14 @@ def patch_norms(
     The sum of squares over each (zero-padded) window is computed with a sum pool over the
     channel-summed squares; dilated windows use a ones-kernel convolution instead.
     """
+    acc = norm_dtype(x)
     if groups == 1 and not (torch.is_grad_enabled() and x.requires_grad):
-        squares = torch.linalg.vector_norm(x, dim=1, keepdim=True).square_()  # [N, 1, H, W], one pass
+        squares = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=acc).square_()  # [N, 1, H, W], one pass
     elif groups == 1:
-        squares = x.square().sum(1, keepdim=True)  # [N, 1, H, W]; differentiable also where x = 0
+        squares = x.square().sum(1, keepdim=True, dtype=acc)  # [N, 1, H, W]; differentiable also where x = 0
     else:
         squares = x.square()
-        squares = squares.unflatten(1, (groups, -1)).sum(2)  # [N, G, H, W]
+        squares = squares.unflatten(1, (groups, -1)).sum(2, dtype=acc)  # [N, G, H, W]
     if dilation != (1, 1):
         ones = squares.new_ones(groups, 1, *kernel_size)
         sums = F.conv2d(squares, ones, None, stride, padding, dilation, groups)
@@ -288,7 +295,7 @@ class BcosLinear(Detachable, nn.Module):
         out = _reduce_max_out(self.linear(x), self.max_out, -1)
         if self.b == 1:
             return out
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + LINEAR_NORM_EPS
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=norm_dtype(x)) + LINEAR_NORM_EPS
         return bcos_scale(out, norm, self.b, self.detach)
 
     def extra_repr(self) -> str:

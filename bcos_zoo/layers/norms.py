@@ -87,9 +87,10 @@ class BatchNormUncentered2d(_UncenteredBatchStats):
         if not self.training and self._folded_output is not None and self._folded_output.take(x):
             return x  # already scaled by the conv's folded filters
         std = self._std(x)
-        if self.weight is None:
-            return _affine(x / std, None, self.bias)
-        return _affine(x * (self.weight.view(1, -1, 1, 1) / std), None, self.bias)  # one pass over x
+        scale = std.reciprocal() if self.weight is None else self.weight.view(1, -1, 1, 1) / std
+        if not self.training and x.dtype != scale.dtype:
+            scale = scale.to(x.dtype)  # e.g. a bfloat16 activation under autocast stays bfloat16
+        return _affine(x * scale, None, self.bias)  # one pass over x
 
 
 class AllNormUncentered2d(BatchNormUncentered2d):
