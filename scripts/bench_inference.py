@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 import torchvision
+from benchutil import median_ms, write_json
 
 import bcos_zoo
-from benchutil import median_ms, write_json
 
 Fns = dict[str, Callable[[], object]]
 
