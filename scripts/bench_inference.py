@@ -62,7 +62,7 @@ def _resnet50(args: argparse.Namespace, ms: dict[str, float], ratios: dict[str, 
         if official is not None:
             fns["official"] = lambda: official(x6)
         with torch.inference_mode():
-            got = median_ms(fns, args.repeats, warmup=2)
+            got = median_ms(fns, args.repeats, warmup=args.warmup)
         ms.update({f"forward_bs{bs}_{k}": v for k, v in got.items()})
         _pair(got, ratios, f"forward_bs{bs}_vs_torchvision", "ours", "torchvision")
         _pair(got, ratios, f"forward_bs{bs}_vs_official", "ours", "official")
@@ -70,7 +70,7 @@ def _resnet50(args: argparse.Namespace, ms: dict[str, float], ratios: dict[str, 
         print(f"batch {bs:3d} forward:", ", ".join(f"{k} {v:.1f} ms" for k, v in got.items()))
         if args.amp:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-                amp = median_ms({"ours": lambda: ours(x6), "torchvision": lambda: tv(x3)}, args.repeats, warmup=2)
+                amp = median_ms({"ours": lambda: ours(x6), "torchvision": lambda: tv(x3)}, args.repeats, warmup=args.warmup)
             ms.update({f"forward_bs{bs}_bf16_{k}": v for k, v in amp.items()})
             _pair(amp, ratios, f"forward_bs{bs}_bf16_autocast_vs_torchvision_bf16", "ours", "torchvision")
             print(f"batch {bs:3d} bf16 autocast:", ", ".join(f"{k} {v:.1f} ms" for k, v in amp.items()))
@@ -81,7 +81,7 @@ def _resnet50(args: argparse.Namespace, ms: dict[str, float], ratios: dict[str, 
     if official is not None:
         efns["official_explain"] = lambda: official.explain(x6.clone().requires_grad_())
     with torch.inference_mode(False):
-        got = median_ms(efns, args.repeats, warmup=2)
+        got = median_ms(efns, args.repeats, warmup=args.warmup)
     ms.update({f"explain_bs1_{k}": v for k, v in got.items()})
     _pair(got, ratios, "explain_bs1_vs_own_forward", "explain", "forward")
     _pair(got, ratios, "explain_bs1_vs_official", "explain", "official_explain")
@@ -91,7 +91,7 @@ def _resnet50(args: argparse.Namespace, ms: dict[str, float], ratios: dict[str, 
         compiled = torch.compile(ours)
         with torch.inference_mode():
             compiled(x6)  # compiles (not timed)
-            got = median_ms({"compiled": lambda: compiled(x6), "torchvision": lambda: tv(x3)}, args.repeats, warmup=2)
+            got = median_ms({"compiled": lambda: compiled(x6), "torchvision": lambda: tv(x3)}, args.repeats, warmup=args.warmup)
         ms.update({f"compiled_bs1_{k}": v for k, v in got.items()})
         _pair(got, ratios, "compiled_forward_bs1_vs_torchvision_eager", "compiled", "torchvision")
         print("batch   1 torch.compile:", ", ".join(f"{k} {v:.1f} ms" for k, v in got.items()))
@@ -110,14 +110,14 @@ def _vit(args: argparse.Namespace, ms: dict[str, float], ratios: dict[str, float
     for bs in sorted({1, max(args.batch_sizes)}):
         x = bcos_zoo.AddInverse()(torch.rand(bs, 3, 224, 224))
         with torch.inference_mode():
-            got = median_ms({"ours": lambda: ours(x), "official": lambda: official(x)}, args.repeats, warmup=2)
+            got = median_ms({"ours": lambda: ours(x), "official": lambda: official(x)}, args.repeats, warmup=args.warmup)
         ms.update({f"vit_s_forward_bs{bs}_{k}": v for k, v in got.items()})
         _pair(got, ratios, f"vit_s_forward_bs{bs}_vs_official", "ours", "official")
         print(f"ViT-S batch {bs} forward:", ", ".join(f"{k} {v:.1f} ms" for k, v in got.items()))
     x = bcos_zoo.AddInverse()(torch.rand(1, 3, 224, 224))
     fns: Fns = {"ours": lambda: bcos_zoo.explain(ours, x),
                 "official": lambda: official.explain(x.clone().requires_grad_())}  # fmt: skip
-    got = median_ms(fns, args.repeats, warmup=2)
+    got = median_ms(fns, args.repeats, warmup=args.warmup)
     ms.update({f"vit_s_explain_bs1_{k}": v for k, v in got.items()})
     _pair(got, ratios, "vit_s_explain_bs1_vs_official", "ours", "official")
     print("ViT-S batch 1 explain:", ", ".join(f"{k} {v:.1f} ms" for k, v in got.items()))
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each function first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--amp", action="store_true", help="also time the forward under CPU bfloat16 autocast")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model) (compiling takes minutes)")

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--cifar-batch", type=int, default=32)
     p.add_argument("--imagenet-batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each function first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", metavar="FILE", help="write the timings and ratios of this run as JSON")
     args = p.parse_args(argv)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         official.load_state_dict(ours.state_dict())
         x = bcos_zoo.AddInverse()(torch.rand(bs, 3, size, size))
         y = torch.randint(0, 10 if cifar else 1000, (bs,))
-        got = median_ms({"ours": _step(ours, x, y), "official": _step(official, x, y)}, args.repeats, warmup=2)
+        got = median_ms({"ours": _step(ours, x, y), "official": _step(official, x, y)}, args.repeats, warmup=args.warmup)
         ms.update({f"{arch}_bs{bs}_{k}": v for k, v in got.items()})
         ratios[f"train_step_{arch}_bs{bs}_vs_official"] = got["ours"] / got["official"]
         print(f"{arch} batch {bs} at {size} px: ours {got['ours']:.1f} ms, official {got['official']:.1f} ms; "

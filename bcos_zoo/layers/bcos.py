@@ -122,10 +122,17 @@ def patch_norms(
     """L2 norm of every input patch a convolution sees, ``[N, groups, H_out, W_out]``.
 
     The sum of squares over each (zero-padded) window is computed with a sum pool over the
-    channel-summed squares; dilated windows use a ones-kernel convolution instead.
+    channel-summed squares; dilated windows use a ones-kernel convolution instead. Without autograd,
+    a 1×1 convolution needs only the channel norm: ``hypot(‖x‖, sqrt(eps)) = sqrt(‖x‖² + eps)`` in two
+    passes (every pass counts on a busy machine, where each parallel op waits for its threads).
     """
     acc = norm_dtype(x)
-    if groups == 1 and not (torch.is_grad_enabled() and x.requires_grad):
+    inference = groups == 1 and not (torch.is_grad_enabled() and x.requires_grad)
+    pointwise = kernel_size == (1, 1) and padding == (0, 0) and dilation == (1, 1)
+    if inference and pointwise:
+        norms = torch.linalg.vector_norm(x[..., :: stride[0], :: stride[1]], dim=1, keepdim=True, dtype=acc)
+        return torch.hypot(norms, norms.new_tensor(CONV_NORM_EPS**0.5))
+    if inference:
         squares = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=acc).square_()  # [N, 1, H, W], one pass
     elif groups == 1:
         squares = x.square().sum(1, keepdim=True, dtype=acc)  # [N, 1, H, W]; differentiable also where x = 0
@@ -135,11 +142,10 @@ def patch_norms(
     if dilation != (1, 1):
         ones = squares.new_ones(groups, 1, *kernel_size)
         sums = F.conv2d(squares, ones, None, stride, padding, dilation, groups)
-    elif kernel_size == (1, 1) and padding == (0, 0):
+    elif pointwise:
         sums = squares[..., :: stride[0], :: stride[1]]
     else:
-        area = kernel_size[0] * kernel_size[1]
-        sums = F.avg_pool2d(squares, kernel_size, stride, padding) * area
+        sums = F.avg_pool2d(squares, kernel_size, stride, padding, divisor_override=1)  # window sums
     return (sums + CONV_NORM_EPS).sqrt()
 
 
