@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--archs", nargs="+", default=["bcos_resnet20_cifar", "bcos_resnet50"],
                    choices=["bcos_resnet20_cifar", "bcos_resnet50"])  # fmt: skip
     p.add_argument("--cifar-batch", type=int, default=32)
-    p.add_argument("--imagenet-batch", type=int, default=4)
+    p.add_argument("--imagenet-batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each function first")
     p.add_argument("--threads", type=int, default=2)

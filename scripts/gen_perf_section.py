@@ -37,7 +37,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "vit_s_forward_bs8_vs_official": ("ViT-S forward bs 8, ours ÷ official", ""),
     "vit_s_explain_bs1_vs_official": ("ViT-S `explain()` ÷ official explain", ""),
     "train_step_bcos_resnet20_cifar_bs32_vs_official": ("train step ResNet-20 CIFAR bs 32, ÷ official layers", "≤ 0.8×"),
-    "train_step_bcos_resnet50_bs4_vs_official": ("train step ResNet-50 bs 4, ÷ official layers", "≤ 0.8×"),
+    "train_step_bcos_resnet50_bs2_vs_official": ("train step ResNet-50 bs 2, ÷ official layers", "≤ 0.8×"),
 }  # fmt: skip
 
 
