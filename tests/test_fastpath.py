@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from bcos_zoo.layers import BatchNormUncentered2d, BcosConv2d, explanation_mode
-from bcos_zoo.layers.fastpath import link_conv_norm_pairs
+from bcos_zoo.layers.fold import link_conv_norm_pairs
 from bcos_zoo.models.resnet import BasicBlock, BcosResNet, Bottleneck
 
 

@@ -13,20 +13,19 @@ norm in eval mode (scale ``c = γ / sqrt(running_var + eps)`` per channel) compu
 ``(w'·x)|w'·x| / ‖x‖ = sign(c)|c| (ŵ·x)|ŵ·x| / ‖x‖``, the same map (also at ``c = 0``). In explanation
 mode the detached factor becomes ``sqrt(|c|)|ŵ·x| / ‖x‖``, so the gradient w.r.t. ``x`` is again the
 same. The identity needs B = 2 (``|cos|`` enters linearly) and MaxOut 1 (a negative ``c`` would swap
-max for min); a norm bias is not folded. Which norm follows which conv is read off the structure (see
-:func:`link_conv_norm_pairs`); the norm recognises the folded output by identity and passes it through.
+max for min); a norm bias is not folded. Which norm follows which conv is read off the structure
+(``bcos_zoo.layers.fold``); the norm recognises the folded output by identity and passes it through.
 """
 
 from __future__ import annotations
 
-import itertools
 import weakref
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["FilterCache", "link_conv_norm_pairs", "weights_frozen"]
+__all__ = ["FilterCache", "FoldedOutput", "weights_frozen"]
 
 
 def weights_frozen(*tensors: Tensor | None) -> bool:
@@ -101,33 +100,3 @@ class FoldedOutput:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
-
-
-def _pairs_in(parent: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(conv, norm) candidates of one parent: neighbours in an ``nn.Sequential`` and ``convK``/``bnK`` siblings."""
-    children = dict(parent.named_children())
-    if isinstance(parent, nn.Sequential):
-        return list(itertools.pairwise(children.values()))
-    return [(m, children[f"bn{name[4:]}"]) for name, m in children.items()
-            if name.startswith("conv") and f"bn{name[4:]}" in children]  # fmt: skip
-
-
-def link_conv_norm_pairs(model: nn.Module) -> int:
-    """Link every B-cos conv to the uncentred batch norm applied directly to its output, so that in eval
-    mode the norm is folded into the conv's cached filters. Returns the number of links.
-
-    The structure names the pairs: consecutive modules of an ``nn.Sequential`` and ``convK``/``bnK``
-    siblings whose forward is ``bnK(convK(x))`` (the ResNet convention). Folding happens only for a link
-    whose conv qualifies (B = 2, MaxOut 1), whose norm has no bias, and while neither has hooks (a hook
-    would see the folded, scaled conv output).
-    """
-    from .bcos import BcosConv2d
-    from .norms import BatchNormUncentered2d
-
-    count = 0
-    for parent in model.modules():
-        for conv, norm in _pairs_in(parent):
-            if isinstance(conv, BcosConv2d) and type(norm) is BatchNormUncentered2d and conv.can_fold(norm):
-                conv.__dict__["_fold_norm"] = norm  # a plain reference, not a submodule: no state-dict key
-                count += 1
-    return count

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..explain import Explanation, Target, check_input, explain
 from ..layers import ConvFactory, LogitLayer, default_logit_bias, explanation_mode, init_bcos_weights_
-from ..layers.fastpath import link_conv_norm_pairs
+from ..layers.fold import link_conv_norm_pairs
 
 __all__ = ["BcosFeaturesClassifier", "BcosModelMixin"]
 
