@@ -4,7 +4,8 @@ A B-cos unit with unit-norm weight ŵ computes ``(ŵ·x) · |cos(x, ŵ)|^(B-1)``
 scaled down unless input and weight align. For B=2 this is ``(ŵ·x)·|ŵ·x| / ‖x‖``.
 
 Weights are stored un-normalised (as in the official checkpoints, key ``<name>.linear.weight``)
-and normalised per output unit in every forward pass, without an epsilon. The input norm ‖x‖ of a
+and normalised per output unit in every forward pass, without an epsilon (in eval mode without weight
+gradients the normalised, possibly BN-folded, filters are cached: ``layers.fastpath``). The input norm ‖x‖ of a
 convolution is taken over each input patch, with ``1e-6`` inside the square root; the linear layer
 adds ``1e-12`` outside it. MaxOut (``max_out > 1``) reduces groups of consecutive output units
 before the cosine scaling.
