@@ -70,7 +70,9 @@ def _resnet50(args: argparse.Namespace, ms: dict[str, float], ratios: dict[str, 
         print(f"batch {bs:3d} forward:", ", ".join(f"{k} {v:.1f} ms" for k, v in got.items()))
         if args.amp:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-                amp = median_ms({"ours": lambda: ours(x6), "torchvision": lambda: tv(x3)}, args.repeats, warmup=args.warmup)
+                amp = median_ms(
+                    {"ours": lambda: ours(x6), "torchvision": lambda: tv(x3)}, args.repeats, warmup=args.warmup
+                )
             ms.update({f"forward_bs{bs}_bf16_{k}": v for k, v in amp.items()})
             _pair(amp, ratios, f"forward_bs{bs}_bf16_autocast_vs_torchvision_bf16", "ours", "torchvision")
             print(f"batch {bs:3d} bf16 autocast:", ", ".join(f"{k} {v:.1f} ms" for k, v in amp.items()))
@@ -91,7 +93,9 @@ def _resnet50(args: argparse.Namespace, ms: dict[str, float], ratios: dict[str, 
         compiled = torch.compile(ours)
         with torch.inference_mode():
             compiled(x6)  # compiles (not timed)
-            got = median_ms({"compiled": lambda: compiled(x6), "torchvision": lambda: tv(x3)}, args.repeats, warmup=args.warmup)
+            got = median_ms(
+                {"compiled": lambda: compiled(x6), "torchvision": lambda: tv(x3)}, args.repeats, warmup=args.warmup
+            )
         ms.update({f"compiled_bs1_{k}": v for k, v in got.items()})
         _pair(got, ratios, "compiled_forward_bs1_vs_torchvision_eager", "compiled", "torchvision")
         print("batch   1 torch.compile:", ", ".join(f"{k} {v:.1f} ms" for k, v in got.items()))
@@ -110,7 +114,9 @@ def _vit(args: argparse.Namespace, ms: dict[str, float], ratios: dict[str, float
     for bs in sorted({1, max(args.batch_sizes)}):
         x = bcos_zoo.AddInverse()(torch.rand(bs, 3, 224, 224))
         with torch.inference_mode():
-            got = median_ms({"ours": lambda: ours(x), "official": lambda: official(x)}, args.repeats, warmup=args.warmup)
+            got = median_ms(
+                {"ours": lambda: ours(x), "official": lambda: official(x)}, args.repeats, warmup=args.warmup
+            )
         ms.update({f"vit_s_forward_bs{bs}_{k}": v for k, v in got.items()})
         _pair(got, ratios, f"vit_s_forward_bs{bs}_vs_official", "ours", "official")
         print(f"ViT-S batch {bs} forward:", ", ".join(f"{k} {v:.1f} ms" for k, v in got.items()))

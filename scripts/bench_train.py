@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         official.load_state_dict(ours.state_dict())
         x = bcos_zoo.AddInverse()(torch.rand(bs, 3, size, size))
         y = torch.randint(0, 10 if cifar else 1000, (bs,))
-        got = median_ms({"ours": _step(ours, x, y), "official": _step(official, x, y)}, args.repeats, warmup=args.warmup)
+        got = median_ms(
+            {"ours": _step(ours, x, y), "official": _step(official, x, y)}, args.repeats, warmup=args.warmup
+        )
         ms.update({f"{arch}_bs{bs}_{k}": v for k, v in got.items()})
         ratios[f"train_step_{arch}_bs{bs}_vs_official"] = got["ours"] / got["official"]
         print(f"{arch} batch {bs} at {size} px: ours {got['ours']:.1f} ms, official {got['official']:.1f} ms; "

@@ -69,6 +69,10 @@ def render(runs: list[dict]) -> str:
         f"{dates[0]} to {dates[-1]}. Each figure is a ratio of medians of interleaved runs within one process; "
         f"a range spans the {len(runs)} runs in `benchmarks/` (each ratio from the runs that measured it)."
     )
+    load = [r["ms"]["forward_bs1_torchvision"] for r in runs if "forward_bs1_torchvision" in r["ms"]]
+    if load:
+        header += (f" How busy the machine was: torchvision's ResNet-50 forward of one image took "
+                   f"{min(load):.0f}–{max(load):.0f} ms in these runs.")  # fmt: skip
     lines = [
         header,
         "",
