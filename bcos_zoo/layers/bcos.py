@@ -123,28 +123,23 @@ def patch_norms(
     """L2 norm of every input patch a convolution sees, ``[N, groups, H_out, W_out]``.
 
     The sum of squares over each (zero-padded) window is computed with a sum pool over the
-    channel-summed squares; dilated windows use a ones-kernel convolution instead. Without autograd,
-    a 1×1 convolution needs only the channel norm: ``hypot(‖x‖, sqrt(eps)) = sqrt(‖x‖² + eps)`` in two
-    passes (every pass counts on a busy machine, where each parallel op waits for its threads).
+    channel-summed squares (a 1×1 convolution needs only those, at its sampled positions); dilated
+    windows use a ones-kernel convolution instead. ``square().sum(1)`` is the fastest channel
+    reduction of an NCHW tensor (faster than ``vector_norm``) and differentiable also where x = 0.
     """
-    acc = norm_dtype(x)
-    inference = groups == 1 and not (torch.is_grad_enabled() and x.requires_grad)
     pointwise = kernel_size == (1, 1) and padding == (0, 0) and dilation == (1, 1)
-    if inference and pointwise:
-        norms = torch.linalg.vector_norm(x[..., :: stride[0], :: stride[1]], dim=1, keepdim=True, dtype=acc)
-        return torch.hypot(norms, norms.new_tensor(CONV_NORM_EPS**0.5))
-    if inference:
-        squares = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=acc).square_()  # [N, 1, H, W], one pass
-    elif groups == 1:
-        squares = x.square().sum(1, keepdim=True, dtype=acc)  # [N, 1, H, W]; differentiable also where x = 0
+    if pointwise:
+        x = x[..., :: stride[0], :: stride[1]]
+    x = x.to(norm_dtype(x))  # half-precision inputs (autocast) are squared and summed in float32
+    if groups == 1:
+        squares = x.square().sum(1, keepdim=True)  # [N, 1, H, W]
     else:
-        squares = x.square()
-        squares = squares.unflatten(1, (groups, -1)).sum(2, dtype=acc)  # [N, G, H, W]
-    if dilation != (1, 1):
+        squares = x.square().unflatten(1, (groups, -1)).sum(2)  # [N, G, H, W]
+    if pointwise:
+        sums = squares
+    elif dilation != (1, 1):
         ones = squares.new_ones(groups, 1, *kernel_size)
         sums = F.conv2d(squares, ones, None, stride, padding, dilation, groups)
-    elif pointwise:
-        sums = squares[..., :: stride[0], :: stride[1]]
     else:
         sums = F.avg_pool2d(squares, kernel_size, stride, padding, divisor_override=1)  # window sums
     return (sums + CONV_NORM_EPS).sqrt()
