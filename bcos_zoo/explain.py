@@ -128,6 +128,20 @@ def _state_kept(model: nn.Module) -> Iterator[None]:
                 buffer.copy_(value)
 
 
+@contextlib.contextmanager
+def _weights_frozen(model: nn.Module) -> Iterator[None]:
+    """No weight gradients while explaining (only the input's are needed), so the layers may use their
+    cached eval-mode filters; ``requires_grad`` is restored afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def _resolve_target(target: Target, logits: Tensor, kind: str = "class") -> Tensor:
     """Turn ``target`` (None, int, per-sample sequence or tensor) into a ``[B]`` index tensor."""
     batch, num_classes = logits.shape
@@ -221,7 +235,7 @@ def _explain_selected(
     constants: list[Tensor] = []
     layer_out: list[Any] = []
     # explaining works under torch.inference_mode() / no_grad() too, and leaves no trace in the model
-    with torch.inference_mode(False), torch.enable_grad(), _state_kept(model):
+    with torch.inference_mode(False), torch.enable_grad(), _state_kept(model), _weights_frozen(model):
         inp = _model_input(model, x).requires_grad_(True)
         handles = _capture_constant_terms(model, inp.shape[0], constants)
         if layer is not None:

@@ -32,3 +32,35 @@ def median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 
         return measure
 
     return interleaved_medians({k: timed(fn) for k, fn in fns.items()}, repeats, warmup)
+
+
+def machine() -> dict[str, object]:
+    """What a benchmark ran on: CPU model, core count, torch's thread count and versions."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}  # fmt: skip
+
+
+def write_json(path: str | None, script: str, argv: list[str], ms: dict[str, float], ratios: dict[str, float]) -> None:
+    """Save one run's timings and ratios (and the machine) as JSON for ``scripts/gen_perf_section.py``."""
+    if not path:
+        return
+    import json
+    import time
+    from pathlib import Path
+
+    record = {"script": script, "command": " ".join(["python", f"scripts/{script}", *argv]),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+              "ms": {k: round(v, 2) for k, v in ms.items()}, "ratios": {k: round(v, 3) for k, v in ratios.items()}}  # fmt: skip
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")

@@ -4,7 +4,8 @@ A B-cos unit with unit-norm weight ŵ computes ``(ŵ·x) · |cos(x, ŵ)|^(B-1)``
 scaled down unless input and weight align. For B=2 this is ``(ŵ·x)·|ŵ·x| / ‖x‖``.
 
 Weights are stored un-normalised (as in the official checkpoints, key ``<name>.linear.weight``)
-and normalised per output unit in every forward pass, without an epsilon. The input norm ‖x‖ of a
+and normalised per output unit in every forward pass, without an epsilon (in eval mode without weight
+gradients the normalised, possibly BN-folded, filters are cached: ``layers.fastpath``). The input norm ‖x‖ of a
 convolution is taken over each input patch, with ``1e-6`` inside the square root; the linear layer
 adds ``1e-12`` outside it. MaxOut (``max_out > 1``) reduces groups of consecutive output units
 before the cosine scaling.
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .detach import Detachable
+from .fastpath import FilterCache, FoldedOutput, weights_frozen
 
 __all__ = [
     "BcosConv2d", "BcosLinear", "ConvFactory", "NormedConv2d", "NormedLinear", "bcos_conv_factory", "bcos_scale",
@@ -41,26 +43,49 @@ COS_EPS = 1e-6
 class NormedConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose filters are divided by their L2 norm in every forward pass.
 
-    Dividing the filters or dividing the output channels by the filter norms is the same map; the
-    forward does whichever touches fewer numbers (filters in early layers, outputs in late layers
-    at small batch sizes), which saves a full pass over the weights where it matters.
+    In eval mode, when no gradient for the weights is needed, the normalised filters are cached
+    (:class:`~bcos_zoo.layers.fastpath.FilterCache`). Otherwise, dividing the filters or dividing the
+    output channels by the filter norms is the same map; the forward does whichever touches fewer
+    numbers (filters in early layers, outputs in late layers at small batch sizes).
     """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._cache = FilterCache()
+
+    def normalized_weight(self) -> Tensor:
+        """The unit-norm filters (cached in eval mode when no weight gradient is needed)."""
+        w = self.weight
+        if not self.training and weights_frozen(w):
+            return self._cache.get((w,), lambda: w / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True))
+        return w / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        norms = torch.linalg.vector_norm(w, dim=(1, 2, 3))  # [O]
+        if self.bias is not None or (not self.training and weights_frozen(w)):
+            return self._conv_forward(x, self.normalized_weight(), self.bias)
         out_pixels = x.shape[0] * (x.shape[-2] // self.stride[0]) * (x.shape[-1] // self.stride[1])
-        if w.numel() <= out_pixels * w.shape[0] or self.bias is not None:
-            return self._conv_forward(x, w / norms.view(-1, 1, 1, 1), self.bias)
+        if w.numel() <= out_pixels * w.shape[0]:
+            return self._conv_forward(x, self.normalized_weight(), None)
+        norms = torch.linalg.vector_norm(w, dim=(1, 2, 3))  # [O]
         return self._conv_forward(x, w, None) * norms.reciprocal().view(1, -1, 1, 1)
 
 
 class NormedLinear(nn.Linear):
-    """``nn.Linear`` whose rows are divided by their L2 norm in every forward pass."""
+    """``nn.Linear`` whose rows are divided by their L2 norm in every forward pass (cached in eval mode
+    when no weight gradient is needed)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._cache = FilterCache()
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        return F.linear(x, w / torch.linalg.vector_norm(w, dim=1, keepdim=True), self.bias)
+        if not self.training and weights_frozen(w):
+            w_hat = self._cache.get((w,), lambda: w / torch.linalg.vector_norm(w, dim=1, keepdim=True))
+        else:
+            w_hat = w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
+        return F.linear(x, w_hat, self.bias)
 
 
 def bcos_scale(out: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
@@ -81,6 +106,12 @@ def bcos_scale(out: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
     return out * factor.pow(b - 1)
 
 
+def norm_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the norms of ``x`` are accumulated in: float32 for half-precision inputs (autocast runs
+    the convolutions in low precision, the norms stay accurate), else ``x``'s own."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def patch_norms(
     x: Tensor,
     kernel_size: tuple[int, int],
@@ -92,24 +123,33 @@ def patch_norms(
     """L2 norm of every input patch a convolution sees, ``[N, groups, H_out, W_out]``.
 
     The sum of squares over each (zero-padded) window is computed with a sum pool over the
-    channel-summed squares; dilated windows use a ones-kernel convolution instead.
+    channel-summed squares (a 1×1 convolution needs only those, at its sampled positions); dilated
+    windows use a ones-kernel convolution instead. ``square().sum(1)`` is the fastest channel
+    reduction of an NCHW tensor (faster than ``vector_norm``) and differentiable also where x = 0.
     """
-    if groups == 1 and not (torch.is_grad_enabled() and x.requires_grad):
-        squares = torch.linalg.vector_norm(x, dim=1, keepdim=True).square_()  # [N, 1, H, W], one pass
-    elif groups == 1:
-        squares = x.square().sum(1, keepdim=True)  # [N, 1, H, W]; differentiable also where x = 0
+    pointwise = kernel_size == (1, 1) and padding == (0, 0) and dilation == (1, 1)
+    if pointwise:
+        x = x[..., :: stride[0], :: stride[1]]
+    x = x.to(norm_dtype(x))  # half-precision inputs (autocast) are squared and summed in float32
+    if groups == 1:
+        squares = x.square().sum(1, keepdim=True)  # [N, 1, H, W]
     else:
-        squares = x.square()
-        squares = squares.unflatten(1, (groups, -1)).sum(2)  # [N, G, H, W]
-    if dilation != (1, 1):
+        squares = x.square().unflatten(1, (groups, -1)).sum(2)  # [N, G, H, W]
+    if pointwise:
+        sums = squares
+    elif dilation != (1, 1):
         ones = squares.new_ones(groups, 1, *kernel_size)
         sums = F.conv2d(squares, ones, None, stride, padding, dilation, groups)
-    elif kernel_size == (1, 1) and padding == (0, 0):
-        sums = squares[..., :: stride[0], :: stride[1]]
     else:
-        area = kernel_size[0] * kernel_size[1]
-        sums = F.avg_pool2d(squares, kernel_size, stride, padding) * area
+        sums = F.avg_pool2d(squares, kernel_size, stride, padding, divisor_override=1)  # window sums
     return (sums + CONV_NORM_EPS).sqrt()
+
+
+def _global_hooks() -> bool:
+    """Whether global module hooks are registered (they would see a folded, scaled conv output)."""
+    from torch.nn.modules import module
+
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 def _reduce_max_out(out: Tensor, max_out: int, dim: int) -> Tensor:
@@ -162,17 +202,58 @@ class BcosConv2d(Detachable, nn.Module):
             in_channels, out_channels * max_out, self.kernel_size, self.stride, self.padding,
             self.dilation, groups, bias=False, padding_mode=padding_mode, device=device, dtype=dtype,
         )  # fmt: skip
+        self._fold_cache = FilterCache()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = _reduce_max_out(self.linear(x), self.max_out, 1)  # [N, O, H', W']
+        fold = self._folded_norm()
+        if fold is None:
+            out = _reduce_max_out(self.linear(x), self.max_out, 1)  # [N, O, H', W']
+        else:
+            out = self.linear._conv_forward(x, self._folded_filters(fold), None)
         if self.b == 1:
             return out
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach):  # detached anyway
             norm = patch_norms(x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
         if self.groups == 1:
-            return bcos_scale(out, norm, self.b, self.detach)
-        grouped = out.unflatten(1, (self.groups, -1))  # [N, G, O/G, H', W']
-        return bcos_scale(grouped, norm.unsqueeze(2), self.b, self.detach).flatten(1, 2)
+            out = bcos_scale(out, norm, self.b, self.detach)
+        else:
+            grouped = out.unflatten(1, (self.groups, -1))  # [N, G, O/G, H', W']
+            out = bcos_scale(grouped, norm.unsqueeze(2), self.b, self.detach).flatten(1, 2)
+        return out if fold is None else fold._folded_output.mark(out)
+
+    def can_fold(self, norm: nn.Module) -> bool:
+        """Whether a following uncentred batch norm ``norm`` can be folded into the filters exactly
+        (B = 2, MaxOut 1, no norm bias; see :mod:`bcos_zoo.layers.fastpath`)."""
+        return (self.b == 2 and self.max_out == 1 and getattr(norm, "bias", None) is None
+                and getattr(norm, "num_features", None) == self.out_channels)  # fmt: skip
+
+    def _folded_norm(self) -> nn.Module | None:
+        """The linked norm when folding applies now: both modules in eval mode without hooks, the norm
+        on running statistics, and no gradient needed for the conv filters or the norm."""
+        norm = self.__dict__.get("_fold_norm")
+        if norm is None or self.training or norm.training or norm.running_var is None:
+            return None
+        if self._forward_hooks or self._forward_pre_hooks or norm._forward_hooks or norm._forward_pre_hooks:
+            return None
+        if _global_hooks():
+            return None
+        if not weights_frozen(self.linear.weight, norm.weight, norm.running_var):
+            return None
+        if getattr(norm, "_folded_output", None) is None:
+            norm._folded_output = FoldedOutput()
+        return norm
+
+    def _folded_filters(self, norm: nn.Module) -> Tensor:
+        """``sign(c)·sqrt(|c|)·ŵ`` with the norm's eval scale ``c = γ / sqrt(running_var + eps)``, cached."""
+
+        def compute() -> Tensor:
+            c = (norm.running_var + norm.eps).rsqrt()
+            if norm.weight is not None:
+                c = c * norm.weight
+            return self.linear.normalized_weight() * (c.sign() * c.abs().sqrt()).view(-1, 1, 1, 1)
+
+        sources = (self.linear.weight, norm.weight, norm.running_var)
+        return self._fold_cache.get(sources, compute, extra=(norm.eps,))
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -216,7 +297,7 @@ class BcosLinear(Detachable, nn.Module):
         out = _reduce_max_out(self.linear(x), self.max_out, -1)
         if self.b == 1:
             return out
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + LINEAR_NORM_EPS
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=norm_dtype(x)) + LINEAR_NORM_EPS
         return bcos_scale(out, norm, self.b, self.detach)
 
     def extra_repr(self) -> str:

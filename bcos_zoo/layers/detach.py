@@ -25,8 +25,16 @@ class Detachable:
     detach: bool = False
 
     def set_explanation_mode(self, active: bool = True) -> None:
-        """Turn explanation mode on or off for this module only."""
-        self.detach = bool(active)
+        """Turn explanation mode on or off for this module only.
+
+        Off removes the instance attribute (back to the class default) rather than storing False, so a
+        module leaving explanation mode looks exactly as before it entered: ``torch.compile`` guards on
+        the attribute's presence, and a compiled model then reuses its first plain graph.
+        """
+        if active:
+            self.detach = True
+        else:
+            self.__dict__.pop("detach", None)
 
     @property
     def is_in_explanation_mode(self) -> bool:

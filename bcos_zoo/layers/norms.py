@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .detach import Detachable
+from .fastpath import FoldedOutput
 
 __all__ = [
     "BatchNormUncentered2d", "AllNormUncentered2d", "GroupNormUncentered2d", "GNInstanceNormUncentered2d",
@@ -79,11 +80,17 @@ class BatchNormUncentered2d(_UncenteredBatchStats):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, **factory)
         _drop_bias(self, bias)
 
+    #: set by a linked B-cos conv that folds this norm into its filters (see ``layers.fastpath``)
+    _folded_output: FoldedOutput | None = None
+
     def forward(self, x: Tensor) -> Tensor:
+        if not self.training and self._folded_output is not None and self._folded_output.take(x):
+            return x  # already scaled by the conv's folded filters
         std = self._std(x)
-        if self.weight is None:
-            return _affine(x / std, None, self.bias)
-        return _affine(x * (self.weight.view(1, -1, 1, 1) / std), None, self.bias)  # one pass over x
+        scale = std.reciprocal() if self.weight is None else self.weight.view(1, -1, 1, 1) / std
+        if not self.training and x.dtype != scale.dtype:
+            scale = scale.to(x.dtype)  # e.g. a bfloat16 activation under autocast stays bfloat16
+        return _affine(x * scale, None, self.bias)  # one pass over x
 
 
 class AllNormUncentered2d(BatchNormUncentered2d):

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..explain import Explanation, Target, check_input, explain
 from ..layers import ConvFactory, LogitLayer, default_logit_bias, explanation_mode, init_bcos_weights_
 from ._features import FeaturesMixin
+from ..layers.fold import link_conv_norm_pairs
 
 __all__ = ["BcosFeaturesClassifier", "BcosModelMixin"]
 
@@ -56,6 +57,13 @@ class BcosModelMixin(FeaturesMixin):
     def explanation_mode(self, active: bool = True) -> explanation_mode:
         """Context manager / decorator: inside it the model is exactly dynamic-linear."""
         return explanation_mode(self, active)  # type: ignore[arg-type]
+
+    def train(self, mode: bool = True) -> Any:
+        """``nn.Module.train``; entering eval mode also links each B-cos conv to the uncentred norm that
+        follows it, so the norm is folded into the conv's cached filters (``layers.fastpath``)."""
+        if not mode:
+            link_conv_norm_pairs(self)  # type: ignore[arg-type]
+        return super().train(mode)  # type: ignore[misc]
 
     @staticmethod
     def to_probabilities(logits: Tensor) -> Tensor:
