@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from ..explain import Explanation, Target, check_input, explain
 from ..layers import ConvFactory, LogitLayer, default_logit_bias, explanation_mode, init_bcos_weights_
-from ._features import FeaturesMixin
 from ..layers.fold import link_conv_norm_pairs
+from ._features import FeaturesMixin
 
 __all__ = ["BcosFeaturesClassifier", "BcosModelMixin"]
 
