@@ -243,6 +243,10 @@ class BcosConv2d(Detachable, nn.Module):
             norm._folded_output = FoldedOutput()
         return norm
 
+    def _filters(self) -> Tensor:
+        """The filters this unit applies: unit-norm ones (B-cosified units override it with their own)."""
+        return self.linear.normalized_weight()
+
     def _folded_filters(self, norm: nn.Module) -> Tensor:
         """``sign(c)·sqrt(|c|)·ŵ`` with the norm's eval scale ``c = γ / sqrt(running_var + eps)``, cached."""
 
@@ -250,7 +254,7 @@ class BcosConv2d(Detachable, nn.Module):
             c = (norm.running_var + norm.eps).rsqrt()
             if norm.weight is not None:
                 c = c * norm.weight
-            return self.linear.normalized_weight() * (c.sign() * c.abs().sqrt()).view(-1, 1, 1, 1)
+            return self._filters() * (c.sign() * c.abs().sqrt()).view(-1, 1, 1, 1)
 
         sources = (self.linear.weight, norm.weight, norm.running_var)
         return self._fold_cache.get(sources, compute, extra=(norm.eps,))

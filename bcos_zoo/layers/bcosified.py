@@ -45,6 +45,10 @@ class BcosifiedConv2d(BcosConv2d):
             self.groups, bias=False, padding_mode=old.padding_mode, device=old.weight.device, dtype=old.weight.dtype,
         )  # fmt: skip
 
+    def _filters(self) -> Tensor:
+        """The filters as stored (no unit-norm normalisation): what BN folding scales."""
+        return self.linear.weight
+
     @classmethod
     def from_weight(cls, weight: Tensor, conv: nn.Conv2d, *, b: float) -> BcosifiedConv2d:
         """A unit with ``conv``'s geometry (stride, padding, dilation, groups) and the filters ``weight``

@@ -62,9 +62,10 @@ class Family:
     final_relu: bool = False
 
 
-_RESNET_PARTS = frozenset({"ResNet", "StandardCifarResNet", "BasicBlock", "Bottleneck", "Sequential"})
-_DENSENET_PARTS = frozenset({"DenseNet", "_DenseBlock", "_DenseLayer", "_Transition", "Sequential"})
-_VIT_PARTS = frozenset({"StandardViT", "Encoder", "Attention", "FeedForward", "Sequential", "Patchify",
+_RESNET_PARTS = frozenset({"ResNet", "StandardCifarResNet", "BasicBlock", "Bottleneck", "Sequential",
+                           "BlockSequence"})  # fmt: skip
+_DENSENET_PARTS = frozenset({"DenseNet", "_DenseBlock", "_DenseLayer", "_Transition", "Sequential", "BlockSequence"})
+_VIT_PARTS = frozenset({"StandardViT", "Encoder", "Attention", "FeedForward", "Sequential", "BlockSequence", "Patchify",
                         "PosEmbSinCos2d"})  # fmt: skip
 
 
@@ -80,7 +81,7 @@ def family_of(net: nn.Module) -> Family:
         return Family("densenet", _DENSENET_PARTS, ("features",), "classifier", "classifier", final_relu=True)
     if kind == "VGG":
         last = len(net.classifier) - 1
-        parts = frozenset({"VGG", "Sequential"})
+        parts = frozenset({"VGG", "Sequential", "BlockSequence"})
         return Family("vgg", parts, ("features", "avgpool"), "classifier", f"classifier.{last}")
     if kind == "StandardViT":
         return Family("vit", _VIT_PARTS, head="linear_head", classifier="linear_head.linear")
