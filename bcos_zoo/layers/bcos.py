@@ -137,7 +137,7 @@ def patch_norms(
         squares = x.square().unflatten(1, (groups, -1)).sum(2)  # [N, G, H, W]
     if pointwise:
         sums = squares
-    elif dilation != (1, 1):
+    elif dilation != (1, 1) or torch.jit.is_tracing():  # ONNX's AveragePool knows no divisor_override
         ones = squares.new_ones(groups, 1, *kernel_size)
         sums = F.conv2d(squares, ones, None, stride, padding, dilation, groups)
     else:

@@ -31,9 +31,10 @@ __all__ = ["FilterCache", "FoldedOutput", "weights_frozen"]
 def weights_frozen(*tensors: Tensor | None) -> bool:
     """Whether a cached value derived from ``tensors`` may stand in for recomputing it: no autograd graph
     through them is needed, none is an inference tensor (they have no version counter) and we are not
-    being traced by ``torch.compile`` (which fuses the normalisation itself)."""
+    being traced by ``torch.compile`` (which fuses the normalisation itself) or by ``torch.jit.trace`` / the
+    ONNX exporter (a cached tensor would be recorded as a constant of the exported graph)."""
     present = [t for t in tensors if t is not None]
-    if torch.compiler.is_compiling() or any(t.is_inference() for t in present):
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or any(t.is_inference() for t in present):
         return False
     return not torch.is_grad_enabled() or not any(t.requires_grad for t in present)
 
