@@ -94,8 +94,9 @@ def cam_target_layers(model: nn.Module) -> list[nn.Module]:
             f"target_layers=[model.get_submodule(name)] with a name from model.named_modules()"
         )
     for name in (names,) if isinstance(names, str) else names:
-        module = getattr(model, name, None)  # CIFAR ResNets set layer4 = None
-        if isinstance(module, nn.Module):
+        parent, _, child = name.rpartition(".")  # dotted names reach into wrapped models
+        module = getattr(model.get_submodule(parent), child, None) if parent else getattr(model, name, None)
+        if isinstance(module, nn.Module):  # CIFAR ResNets set layer4 = None
             return [module]
     raise ValueError(f"{type(model).__name__} has none of its default CAM layers {names!r}")
 

@@ -166,6 +166,8 @@ class BcosifiedCNN(BcosifiedNet):
     then converted. ``in_chans`` counts the image and its inverse (6 for RGB, 2 for gray); the other
     arguments are those of :class:`BcosifiedNet`."""
 
+    default_cam_layer = ("model.layer4", "model.layer3", "model.features")  # Grad-CAM: the last stage
+
     def __init__(self, base: str = "standard_resnet20_cifar", *, num_classes: int = 1000, in_chans: int = 6,
                  b: float = 2.0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  keep_relu: bool = True, logit_bias: float | None = None) -> None:  # fmt: skip
@@ -178,6 +180,8 @@ class BcosifiedCNN(BcosifiedNet):
 class BcosifiedViT(BcosifiedNet):
     """A B-cosified ``standard_*`` Simple ViT built by name (arguments of :class:`~bcos_zoo.models.vit.StandardViT`
     and :class:`BcosifiedNet`; ``in_chans`` counts the image and its inverse)."""
+
+    default_cam_layer = "model.transformer"  # Grad-CAM: the last block's tokens (reshape_transform=tokens_to_map)
 
     def __init__(self, patch_size: int, dim: int, depth: int, heads: int, mlp_dim: int, conv_stem: Sequence[int] = (),
                  image_size: int = 224, *, num_classes: int = 1000, in_chans: int = 6, b: float = 2.0,

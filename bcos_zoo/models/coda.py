@@ -77,6 +77,8 @@ class CoDANet(BcosModelMixin, nn.Module):
         logit_bias: added to every logit; ``None``: ``-log(num_classes - 1)``.
     """
 
+    default_cam_layer = "7"  # Grad-CAM: the last DAU layer before the classifier
+
     def __init__(
         self,
         *,
