@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from benchutil import median_ms, write_json
+from benchutil import add_run_options, median_ms, write_json
 
 import bcos_zoo
 
@@ -134,13 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each function first")
-    p.add_argument("--threads", type=int, default=2)
+    add_run_options(p, repeats=7)
     p.add_argument("--amp", action="store_true", help="also time the forward under CPU bfloat16 autocast")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model) (compiling takes minutes)")
     p.add_argument("--vit", action="store_true", help="also time bcos_simple_vit_s_patch16_224 against the official")
-    p.add_argument("--json", metavar="FILE", help="write the timings and ratios of this run as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

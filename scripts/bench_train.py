@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from benchutil import median_ms, write_json
+from benchutil import add_run_options, median_ms, write_json
 from torch import nn
 
 import bcos_zoo
@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                    choices=["bcos_resnet20_cifar", "bcos_resnet50"])  # fmt: skip
     p.add_argument("--cifar-batch", type=int, default=32)
     p.add_argument("--imagenet-batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each function first")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", metavar="FILE", help="write the timings and ratios of this run as JSON")
+    add_run_options(p, repeats=5)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

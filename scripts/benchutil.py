@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -64,3 +65,11 @@ def write_json(path: str | None, script: str, argv: list[str], ms: dict[str, flo
               "ms": {k: round(v, 2) for k, v in ms.items()}, "ratios": {k: round(v, 3) for k, v in ratios.items()}}  # fmt: skip
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def add_run_options(p: argparse.ArgumentParser, repeats: int) -> None:
+    """The options every timing script shares: repeats, warm-up calls, threads and the JSON output."""
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each function first")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", metavar="FILE", help="write the timings and ratios of this run as JSON")
