@@ -32,7 +32,11 @@ from ..records import WeightHeader
 from ..registry import register_model
 from ..transforms import TransformConfig, color_channels, has_inverse
 from ._base import BcosModelMixin
+from ._features import FeatureStage
 from .bcosify_rules import convert_
+from .densenet import densenet_stages
+from .standard_resnet import resnet_stages
+from .vgg import vgg_stages
 from .vit import _CONFIGS, BCOS_TRANSFORM, STANDARD_TRANSFORM, StandardViT
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BcosifiedCNN", "BcosifiedNet", "BcosifiedViT", "standard_cnn"]
@@ -68,6 +72,7 @@ class BcosifiedNet(BcosModelMixin, nn.Module):
                         logit_bias=logit_bias, logit_temperature=logit_temperature)  # fmt: skip
         self.family, self._trunk = family.name, family.trunk
         self._head_path, self._classifier_path = f"model.{family.head}", f"model.{family.classifier}"
+        self._head_modules = ("logit_layer", self._head_path)  # what features-only mode drops
         self.num_features = classifier.in_channels if conv else classifier.in_features
         self.normalize = InputNormalization(mean or (0.0,) * colors, std or (1.0,) * colors)
         self.model = net
@@ -82,6 +87,20 @@ class BcosifiedNet(BcosModelMixin, nn.Module):
         for name in self._trunk:
             x = self.model.get_submodule(name)(x)
         return self.final_relu(x)
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The standard network's stages (timm's choice for its family), under ``model.``."""
+        net = self.model
+        stages = {
+            "resnet": lambda: resnet_stages(net),
+            "densenet": lambda: densenet_stages(net.features),
+            "vgg": lambda: vgg_stages(net.features, self.in_chans),
+            "vit": lambda: net._feature_stages(),
+        }[self.family]()
+        return [dataclasses.replace(s, module=f"model.{s.module}") for s in stages]
+
+    def _to_map(self, out: Tensor, input_hw: tuple[int, int], stage: FeatureStage) -> Tensor:
+        return self.model._to_map(out, input_hw, stage) if self.family == "vit" else out
 
     def forward_head(self, x: Tensor) -> Tensor:
         """CNNs: classifier convs, global average pool, logit layer; ViTs: token mean, norm, classifier, logit layer."""
@@ -182,6 +201,7 @@ class BcosifiedViT(BcosifiedNet):
     and :class:`BcosifiedNet`; ``in_chans`` counts the image and its inverse)."""
 
     default_cam_layer = "model.transformer"  # Grad-CAM: the last block's tokens (reshape_transform=tokens_to_map)
+    _output_formats, _final_norm = ("NCHW", "NLC"), "model.linear_head.norm"
 
     def __init__(self, patch_size: int, dim: int, depth: int, heads: int, mlp_dim: int, conv_stem: Sequence[int] = (),
                  image_size: int = 224, *, num_classes: int = 1000, in_chans: int = 6, b: float = 2.0,

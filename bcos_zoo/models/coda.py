@@ -41,6 +41,7 @@ from ..layers.dau import DAUNorm
 from ..registry import register_model
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
+from ._features import FeatureStage
 
 __all__ = ["CODA_LOGIT_BIAS", "CoDANet", "GlobalSumPool2d", "scaled_ranks"]
 
@@ -110,6 +111,7 @@ class CoDANet(BcosModelMixin, nn.Module):
         self.avgpool = GlobalSumPool2d()  # the mixin's pooling slot: CoDA-Nets sum, they do not average
         self.num_features = widths[-1]
         self._classifier_path = self._head_path = str(depth - 1)
+        self._head_modules = (self._classifier_path,)
         chans = (in_chans, *widths)
         for i, (k, s, p, r) in enumerate(self._geometry[:-1]):
             self.add_module(str(i), self._conv(chans[i], chans[i + 1], k, s, p, rank=r))
@@ -129,6 +131,17 @@ class CoDANet(BcosModelMixin, nn.Module):
         for layer in self._features():
             x = layer(x)
         return x
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        """The output before each strided layer and of the last layer before the classifier (as for
+        the B-cos 9-layer nets); reductions are the products of the strides (3 for the ImageNet-100 stem)."""
+        depth = len(self._geometry) - 1
+        stages, reduction = [], 1
+        for i, (_k, stride, _p, _r) in enumerate(self._geometry[:depth]):
+            reduction *= stride
+            if i == depth - 1 or self._geometry[i + 1][1] > 1:
+                stages.append(FeatureStage(str(i), self.get_submodule(str(i)).out_channels, reduction))
+        return stages
 
     def get_feature_extractor(self) -> nn.Module:
         """A new ``nn.Sequential`` of the layers before the classifier, sharing this model's modules."""

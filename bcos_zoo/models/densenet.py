@@ -22,7 +22,7 @@ from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
 from ._features import BlockSequence, FeatureStage, run_block
 
-__all__ = ["BcosDenseNet", "DenseBlock", "DenseLayer", "Transition"]
+__all__ = ["BcosDenseNet", "DenseBlock", "DenseLayer", "Transition", "densenet_stages"]
 
 
 class DenseLayer(nn.Module):
@@ -136,16 +136,22 @@ class BcosDenseNet(BcosFeaturesClassifier):
         init_bcos_weights_(self)
 
     def _feature_stages(self) -> list[FeatureStage]:
-        """The stem (after its norm, before pooling), the first dense blocks and the final norm, as in timm."""
-        stem = self.features.conv0
-        stages, reduction = [FeatureStage("features.norm0", stem.out_channels, stem.stride[0])], stem.stride[0] * 2
-        blocks = [(n, m) for n, m in self.features.named_children() if isinstance(m, DenseBlock)]
-        for i, (name, block) in enumerate(blocks):
-            first, last = block["denselayer1"], list(block.values())[-1]
-            channels = first.conv1.in_channels + len(block) * last.conv2.out_channels
-            stages.append(FeatureStage("features." + (name if i < len(blocks) - 1 else "norm5"), channels, reduction))
-            reduction *= 2
-        return stages
+        return densenet_stages(self.features)
+
+
+def densenet_stages(features: nn.Module, prefix: str = "features.") -> list[FeatureStage]:
+    """The stem (after its norm, before pooling), the first dense blocks and the final norm, as in timm,
+    of a DenseNet ``features`` sequence in torchvision's names (``conv0``, ``norm0``, ``denseblock<i>`` of
+    ``denselayer<j>`` with ``conv1``/``conv2``, ``transition<i>``, ``norm5``): ours and torchvision's."""
+    stem = features.get_submodule("conv0")
+    stages, reduction = [FeatureStage(f"{prefix}norm0", stem.out_channels, stem.stride[0])], stem.stride[0] * 2
+    blocks = [(n, m) for n, m in features.named_children() if n.startswith("denseblock")]
+    for i, (name, block) in enumerate(blocks):
+        layers = list(block.children())
+        channels = layers[0].conv1.in_channels + len(layers) * layers[-1].conv2.out_channels
+        stages.append(FeatureStage(prefix + (name if i < len(blocks) - 1 else "norm5"), channels, reduction))
+        reduction *= 2
+    return stages
 
 
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)

@@ -16,11 +16,33 @@ from torch import Tensor, nn
 from ..builder import Pretrained, build_model
 from ..registry import register_model
 from ..transforms import TransformConfig
+from ._features import FeaturesMixin, FeatureStage
 
-__all__ = ["StandardCifarResNet", "standard_resnet20_cifar", "standard_resnet56_cifar"]
+__all__ = ["StandardCifarResNet", "resnet_stages", "standard_resnet20_cifar", "standard_resnet56_cifar"]
 
 
-class StandardCifarResNet(nn.Module):
+def resnet_stages(net: nn.Module, prefix: str = "") -> list[FeatureStage]:
+    """The stem (after its activation, before pooling) and every stage, as in timm, of a network in
+    torchvision's ResNet layout (``conv1``, ``bn1``, ``relu``, an optional ``maxpool``, ``layer1`` …
+    ``layer4``), read from its convolutions: torchvision's ResNets and the standard CIFAR ones, as they
+    are or B-cosified (whose units hold a plain ``nn.Conv2d``). The stem stage is the ``relu``'s
+    output because that ReLU works in place on ``bn1``'s."""
+
+    def convs(module: nn.Module) -> list[nn.Conv2d]:
+        return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+    stem = convs(net.get_submodule("conv1"))[0]
+    stages, reduction = [FeatureStage(f"{prefix}relu", stem.out_channels, stem.stride[0])], stem.stride[0]
+    reduction *= 1 if isinstance(getattr(net, "maxpool", nn.Identity()), nn.Identity) else 2
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        layer = getattr(net, name, None)
+        if layer is not None:
+            reduction *= max(c.stride[0] for c in convs(layer[0]))
+            stages.append(FeatureStage(f"{prefix}{name}", convs(layer[-1])[-1].out_channels, reduction))
+    return stages
+
+
+class StandardCifarResNet(FeaturesMixin, nn.Module):
     """The CIFAR ResNet of He et al. (3 stages of 16/32/64 channels, 3×3 stem, no max-pool).
 
     Args:
@@ -30,6 +52,7 @@ class StandardCifarResNet(nn.Module):
     """
 
     default_cam_layer = "layer3"  # Grad-CAM: the last stage
+    _head_modules = ("fc",)
 
     def __init__(self, layers: tuple[int, int, int] = (3, 3, 3), *, num_classes: int = 10, in_chans: int = 3) -> None:
         from torchvision.models.resnet import BasicBlock  # torchvision's own block: what bcosify sees in the wild
@@ -57,10 +80,17 @@ class StandardCifarResNet(nn.Module):
         stage += [block(planes, planes) for _ in range(blocks - 1)]
         return nn.Sequential(*stage)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Stem and stages: ``[N, in_chans, H, W] -> [N, 64, H/4, W/4]``."""
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Global average pool and the linear classifier: ``[N, 64, h, w] -> [N, num_classes]``."""
         return self.fc(self.avgpool(x).flatten(1))
+
+    def _feature_stages(self) -> list[FeatureStage]:
+        return resnet_stages(self)
 
 
 STANDARD_CIFAR_TRANSFORM = TransformConfig(resize_size=None, crop_size=None, in_chans=3)

@@ -20,7 +20,7 @@ from ..transforms import TransformConfig
 from ._base import BcosFeaturesClassifier
 from ._features import BlockSequence, FeatureStage
 
-__all__ = ["BcosVGG"]
+__all__ = ["BcosVGG", "vgg_stages"]
 
 LayerSpec = list[int | str]
 
@@ -84,15 +84,21 @@ class BcosVGG(BcosFeaturesClassifier):
         init_bcos_weights_(self)
 
     def _feature_stages(self) -> list[FeatureStage]:
-        """The output before each pool (reductions 1 to 16) and after the last one (32), as in timm."""
-        stages, channels, reduction, prev = [], self.in_chans, 1, ""
-        for name, module in self.features.named_children():
-            if isinstance(module, nn.AvgPool2d):
-                stages.append(FeatureStage(f"features.{prev}", channels, reduction))
-                reduction *= 2
-            channels = getattr(module, "out_channels", channels)
-            prev = name
-        return stages + [FeatureStage(f"features.{prev}", channels, reduction)]
+        return vgg_stages(self.features, self.in_chans)
+
+
+def vgg_stages(features: nn.Module, in_chans: int, prefix: str = "features.") -> list[FeatureStage]:
+    """The output before each pool (reductions 1 to 16) and after the last one (32), as in timm, of a
+    VGG ``features`` sequence of convs (anything with ``out_channels``), norms, ReLUs and average pools
+    (ours, and torchvision's once B-cosified: its max pools become average pools)."""
+    stages, channels, reduction, prev = [], in_chans, 1, ""
+    for name, module in features.named_children():
+        if isinstance(module, nn.AvgPool2d):
+            stages.append(FeatureStage(f"{prefix}{prev}", channels, reduction))
+            reduction *= 2
+        channels = getattr(module, "out_channels", channels)
+        prev = name
+    return stages + [FeatureStage(f"{prefix}{prev}", channels, reduction)]
 
 
 IMAGENET_TRANSFORM = TransformConfig(resize_size=256, crop_size=224)
