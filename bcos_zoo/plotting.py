@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PANEL_INCHES", "DPI", "to_numpy_image", "explanation_rgb", "clip_symmetric", "plot_explanation",
-    "plot_contribution_map", "evidence_rgb", "explanation_rows", "explanation_figure", "localisation_figure", "save_figure",
+    "plot_contribution_map", "evidence_rgb", "explanation_rows", "explanation_figure", "localisation_figure",
+    "training_curves_figure", "save_figure",
 ]  # fmt: skip
 
 PANEL_INCHES = 2.5
@@ -203,6 +204,35 @@ def localisation_figure(scores: Mapping[str, ArrayLike], grid: int, *, title: st
     ax.set_ylabel("share of positive attribution in the correct cell")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or f"grid pointing game, {grid}x{grid}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(runs: Mapping[str, Sequence[Mapping[str, float]]], *,
+                           reference: tuple[float, str] | None = None, title: str | None = None) -> Figure:
+    """Test top-1 against wall time, one line per run (``{label: history}``, each entry with
+    ``wall_time`` in seconds and ``test_top1`` in percent, as the trainer records them);
+    ``reference`` (accuracy, label) draws a horizontal line. The y range starts at the lowest accuracy after the first
+    evaluation of any run, so the curves' ends stay readable when a run starts near chance."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=DPI)
+    ax = fig.add_subplot()
+    for label, history in runs.items():
+        minutes = [h["wall_time"] / 60 for h in history]
+        ax.plot(minutes, [h["test_top1"] for h in history], marker="o", markersize=3, label=label)
+        ax.annotate(f"{history[-1]['test_top1']:.2f}%", (minutes[-1], history[-1]["test_top1"]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=8)  # fmt: skip
+    if reference is not None:
+        ax.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
+    settled = [h["test_top1"] for history in runs.values() for h in history[1:]]
+    if settled:
+        ax.set_ylim(min(settled) - 1, max(settled + ([reference[0]] if reference else [])) + 1)
+    ax.set_xlabel("wall time (min)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or "accuracy vs. training time", fontsize=10)
     fig.tight_layout()
     return fig
 

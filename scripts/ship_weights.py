@@ -10,6 +10,14 @@ full Fashion-MNIST test set with ``bcos_zoo.evaluation.evaluate`` and the grid p
 dataset, classes, preprocessing, metrics, training command, seed, wall time, machine).
 ``bcos_zoo/pretrained/shipped.py`` registers every such record; nothing in them is typed by hand.
 Regenerate the cards afterwards with ``scripts/gen_model_cards.py``.
+
+For B-cosified weights, ``--base RUN`` records the standard network's run (accuracy, wall time,
+command) and ``--from-scratch RUN`` a B-cos network trained from scratch on the same data; the record
+then holds both runs' accuracy-vs-time histories, and ``model_cards/<arch>.<tag>.curves.png`` plots
+them side by side (the card shows it):
+
+    python scripts/ship_weights.py --run runs/fmnist_bcosified_resnet20 --tag fmnist_bcosified \
+        --base runs/fmnist_std_resnet20 --from-scratch runs/fmnist_resnet20_rerun
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ from bcos_zoo.checkpoint import check_finite
 from bcos_zoo.data import load_fashion_mnist
 from bcos_zoo.evaluation import evaluate
 from bcos_zoo.localisation import grid_pointing_game, summarize
+from bcos_zoo.plotting import save_figure, training_curves_figure
 from bcos_zoo.records import PACKAGE_WEIGHTS_DIR
+
+CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 
 
 def measure(model: torch.nn.Module, grid: int, n_grids: int) -> tuple[dict[str, float], dict[str, object]]:
@@ -42,6 +53,26 @@ def measure(model: torch.nn.Module, grid: int, n_grids: int) -> tuple[dict[str, 
     return acc, loc
 
 
+def run_record(run: Path) -> dict[str, object]:
+    """What a card says about a training run: its architecture, command, wall time, final test top-1
+    and its test top-1 after each epoch (``RUN/summary.json`` and ``RUN/last.json``)."""
+    summary = json.loads((run / "summary.json").read_text())
+    history = json.loads((run / "last.json").read_text())["history"]
+    return {
+        "arch": summary["arch"], "command": summary["command"], "wall_time_s": summary["wall_time_s"],
+        "top1": round(summary["test_top1"], 2), "test_images": summary["test_samples"], "machine": summary["machine"],
+        "history": [{k: round(h[k], 2) for k in ("epoch", "wall_time", "test_top1")} for h in history],
+    }  # fmt: skip
+
+
+def write_curves(name: str, runs: dict[str, list[dict[str, float]]], reference: tuple[float, str]) -> str:
+    """Plot ``runs`` (label -> history) into ``model_cards/<name>.curves.png``; returns the file name."""
+    path = CARDS_DIR / f"{name}.curves.png"
+    fig = training_curves_figure(runs, reference=reference, title=f"{name}: Fashion-MNIST test top-1 vs. wall time")
+    save_figure(fig, path)
+    return path.name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="training output directory (summary.json, model.safetensors)")
@@ -49,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion_mnist", help="dataset id recorded with the metrics")
     p.add_argument("--grid", type=int, default=2)
     p.add_argument("--n-grids", type=int, default=250)
+    p.add_argument("--base", type=Path, help="B-cosified weights: the run that trained the standard network")
+    p.add_argument("--from-scratch", type=Path, help="B-cosified weights: a from-scratch B-cos run to compare with")
     args = p.parse_args(argv)
     summary = json.loads((args.run / "summary.json").read_text())
     model = bcos_zoo.load_model(args.run / "model.safetensors").eval()
@@ -68,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         "localisation": loc,
         "training": {k: summary[k] for k in ("command", "seed", "epochs", "wall_time_s", "machine", "world_size", "config")},
     }  # fmt: skip
+    if args.base or args.from_scratch:
+        this = run_record(args.run)
+        record["training"]["history"] = this["history"]
+        record["comparison"] = {k: run_record(r) for k, r in (("base", args.base), ("from_scratch", args.from_scratch)) if r}
+        if args.from_scratch:
+            scratch = record["comparison"]["from_scratch"]
+            curves = {f"from scratch ({scratch['arch']})": scratch["history"], f"B-cosified ({model.arch})": this["history"]}
+            final = (scratch["top1"], f"from scratch, final: {scratch['top1']:.2f}%")
+            record["curves"] = write_curves(name, curves, final)
     dst.with_suffix(".json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(json.dumps({k: record[k] for k in ("sha256", "metrics", "localisation")}, indent=2))
     return 0

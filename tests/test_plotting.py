@@ -23,6 +23,7 @@ from bcos_zoo.plotting import (
     plot_explanation,
     save_figure,
     to_numpy_image,
+    training_curves_figure,
 )  # fmt: skip
 
 PANEL_PX = round(PANEL_INCHES * DPI)
@@ -127,3 +128,22 @@ def test_evidence_heat_map_shows_where_the_contributions_are():
     assert hot.sum() > 2 * neutral.sum() and hot[0] > hot[2]  # bright, warm
     np.testing.assert_allclose(cold, neutral)
     np.testing.assert_allclose(neutral, [0.225, 0.225, 0.225], atol=1e-6)  # 0.45 x the gray level
+
+
+def test_training_curves_figure_plots_each_run_against_minutes(tmp_path, png_size):
+    runs = {
+        "from scratch": [{"wall_time": 0.0, "test_top1": 9.0}, {"wall_time": 600.0, "test_top1": 85.0},
+                         {"wall_time": 1200.0, "test_top1": 90.0}],
+        "fine-tuned": [{"wall_time": 0.0, "test_top1": 10.0}, {"wall_time": 300.0, "test_top1": 91.0}],
+    }  # fmt: skip
+    fig = training_curves_figure(runs, reference=(93.5, "target"), title="curves")
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["from scratch"].get_xdata(), [0, 10, 20])  # minutes
+    np.testing.assert_allclose(lines["fine-tuned"].get_ydata(), [10, 91])
+    np.testing.assert_allclose(lines["target"].get_ydata(), [93.5, 93.5])
+    # the range starts after the near-chance first evaluations, so the ends of the curves are readable
+    assert ax.get_ylim() == (84.0, 94.5)
+    assert [t.get_text() for t in ax.texts] == ["90.00%", "91.00%"] and ax.get_title() == "curves"
+    width, height = png_size(save_figure(fig, tmp_path / "curves.png"))
+    assert width > 400 and height > 200

@@ -23,17 +23,47 @@ from .official import BCOS_V2_CITATION, BCOS_V2_PAPER
 __all__ = ["shipped_weights"]
 
 
+_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}
+BCOSIFICATION_PAPER = "https://arxiv.org/abs/2411.00715"
+BCOSIFICATION_CITATION = """@inproceedings{arya2024bcosification,
+  title     = {B-cosification: Transforming Deep Neural Networks to be Inherently Interpretable},
+  author    = {Arya, Shreyash and Rao, Sukrut and B{\\"o}hle, Moritz and Schiele, Bernt},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2024}
+}"""
+
+
 def _recipe(record: dict[str, Any]) -> str:
+    """How the weights were trained (and, for B-cosified ones, from what and against which
+    from-scratch run), from the record's training configuration and run summaries."""
     training, dataset = record["training"], DATASET_NAMES.get(record["dataset"], record["dataset"])
-    cfg = training["config"]
-    return (
-        f"Trained here with `bcos-zoo train` on the {dataset} training images: {cfg['epochs']} epochs, "
-        f"batch {cfg['batch_size']}, Adam lr {cfg['lr']}, cosine schedule with {cfg['warmup_epochs']} warmup "
-        f"epoch(s), binary cross-entropy{' with uniform off-labels' if cfg['off_label'] else ''}, random "
+    cfg, runs = training["config"], record.get("comparison", {})
+    base, scratch = runs.get("base"), runs.get("from_scratch")
+    how = "Trained here with `bcos-zoo train`"
+    if base:
+        how = (f"B-cosified from a standard `{base['arch']}` trained here ({base['top1']:.2f}% test top-1 in "
+               f"{base['wall_time_s'] / 60:.1f} min; command `{base['command']}`), then fine-tuned with `bcos-zoo bcosify`")  # fmt: skip
+    schedule = ", B raised linearly from 1 to the model's B" if cfg.get("b_schedule") == "linear" else ""
+    text = (
+        f"{how} on the {dataset} training images: {cfg['epochs']} epochs, "
+        f"batch {cfg['batch_size']}, {_OPTIMIZERS[cfg.get('optimizer', 'adam')]} lr {cfg['lr']}, cosine schedule "
+        f"with {cfg['warmup_epochs']} warmup epoch(s){schedule}, binary cross-entropy"
+        f"{' with uniform off-labels' if cfg['off_label'] else ''}, random "
         f"{cfg['shift']}-pixel shifts{' and horizontal flips' if cfg['flip'] else ''}, seed {training['seed']}. "
         f"Command: `{training['command']}`. Wall time {training['wall_time_s'] / 60:.1f} min on {training['machine']} "
         f"({training['world_size']} process(es))."
     )
+    if scratch:
+        ratio = training["wall_time_s"] / scratch["wall_time_s"]
+        text += (
+            f"\n\nFor comparison, a `{scratch['arch']}` trained from scratch on the same data and machine reached "
+            f"{scratch['top1']:.2f}% in {scratch['wall_time_s'] / 60:.1f} min (command `{scratch['command']}`): the "
+            f"fine-tuning took {ratio:.2f}x that time. Test top-1 after each epoch against wall time (the trainer's "
+            f"evaluations on the full test set):"
+        )
+    if record.get("curves"):
+        text += f"\n\n![test top-1 against wall time]({record['curves']})"
+    return text
 
 
 def _notes(record: dict[str, Any]) -> str:
@@ -50,12 +80,14 @@ def _notes(record: dict[str, Any]) -> str:
 
 def _spec(record: dict[str, Any]) -> WeightSpec:
     dataset = record["dataset"]
+    bcosified = "base" in record.get("comparison", {})  # B-cosified from a standard network: cite that paper
     return WeightSpec(
         arch=record["arch"], tag=record["tag"], sources=(PackageFile(record["filename"], record["sha256"]),),
         num_classes=len(record["classes"]), transform=TransformConfig.from_dict(record["transform"]), classes=record["classes"],
         dataset=dataset, metrics={dataset: {k: record["metrics"][k] for k in ("top1", "top5")}},
         num_params=record["num_params"], model_kwargs=record["model_kwargs"], license=record["license"],
-        paper=BCOS_V2_PAPER, citation=BCOS_V2_CITATION, recipe=_recipe(record), notes=_notes(record),
+        paper=BCOSIFICATION_PAPER if bcosified else BCOS_V2_PAPER, recipe=_recipe(record), notes=_notes(record),
+        citation=BCOSIFICATION_CITATION if bcosified else BCOS_V2_CITATION,
         metrics_note=f"Measured by scripts/ship_weights.py on the full {DATASET_NAMES.get(dataset, dataset)} test set.",
     )  # fmt: skip
 
