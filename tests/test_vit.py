@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import bcos_zoo
 from bcos_zoo import create_model, explain
@@ -167,6 +168,19 @@ def test_attention_detaches_only_in_explanation_mode() -> None:
         assert attn.detach
     assert not attn.detach
     assert not torch.allclose(g_normal, g_detached)
+    # explanation mode's own path (attention matrix outside autograd) is SDPA with q and k detached:
+    # same output, same gradients for the tokens and every weight
+    with model.explanation_mode():
+        out = attn(tokens)
+        grads = torch.autograd.grad(out.sum(), [tokens, attn.to_qkv.weight, attn.to_out.linear.weight])
+    with model.explanation_mode():
+        qkv = attn.to_qkv(attn.norm(tokens))
+        q, k, v = (t.unflatten(-1, (attn.heads, attn.dim_head)).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+        ref = attn.to_out(F.scaled_dot_product_attention(q.detach(), k.detach(), v).transpose(1, 2).flatten(2))
+    ref_grads = torch.autograd.grad(ref.sum(), [tokens, attn.to_qkv.weight, attn.to_out.linear.weight])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_pos_emb_formula() -> None:
