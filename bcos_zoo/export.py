@@ -78,6 +78,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor, *, o
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shape checks become constants
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")  # its own internals
+        model(example)  # fills the weight-only caches tracing records as constants (a CoDA-Net's QR factors)
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=outputs,
                           dynamic_axes=dynamic, opset_version=opset, dynamo=USE_DYNAMO)  # fmt: skip
     return path

@@ -3,6 +3,7 @@ two architectures (structure, completeness, official checkpoint layout)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -264,3 +265,27 @@ def test_coda_trains_on_fashion_mnist_and_reloads(tmp_path) -> None:
     out = model.explain(bcos_zoo.AddInverse()(torch.rand(2, 1, 28, 28)))
     logits = out.logits.gather(1, out.target[:, None])[:, 0]
     torch.testing.assert_close(out.contribution_map.sum((-2, -1)) + out.bias_contribution, logits, rtol=1e-5, atol=1e-6)
+
+
+def test_dau_caches_its_qr_factor_in_eval_mode_and_never_serves_it_stale() -> None:
+    torch.manual_seed(0)
+    dau, x = CoDAConv2d(4, 6, kernel_size=3, rank=5).eval(), torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        dau(x)
+        dau.weight_mod.weighting_f[1].weight.mul_(torch.rand_like(dau.weight_mod.weighting_f[1].weight))
+        dau.weight_mod.weighting_f[1].bias.add_(1.0)
+        got = dau(x)  # the factor of the changed weights, not the cached one
+    fresh = copy.deepcopy(dau).train()  # a copy starts with an empty cache; training mode never caches
+    torch.testing.assert_close(got, fresh(x).detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_tracing_a_dau_uses_the_cached_factor_as_a_constant() -> None:
+    """ONNX has no QR: a traced DAU records the factor of an earlier eager forward, or says what to do."""
+    dau, x = CoDAConv2d(4, 6, kernel_size=3, rank=5).eval(), torch.randn(1, 4, 8, 8)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="ONNX has no QR.*bcos_zoo.export_onnx"):
+        torch.jit.trace(dau, x)
+    with torch.no_grad():
+        expected = dau(x)
+        traced = torch.jit.trace(dau, x)
+    assert "linalg_qr" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), expected)

@@ -216,7 +216,7 @@ def test_the_page_explains_an_uploaded_image_as_the_python_api_does(server, tmp_
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], timeout=20_000)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.set_default_timeout(20_000)
+            page.set_default_timeout(60_000)  # the first page load took over 20 s beside two training runs
             page.goto(server, wait_until="load")
             upload = page.locator("input[type=file]").first
             upload.set_input_files(str(SNEAKER))

@@ -20,8 +20,8 @@ subtracts large numbers where ``B_j h`` and ``b_j`` nearly cancel: its float32 e
 square of ``(‖B_j h‖ + ‖b_j‖) / ‖w_j‖`` (1e-2 relative at a ratio of 100, against 3e-5 for the
 explicit formula), and it can turn negative. The QR form sums squares of a rotated ``w_j`` and is as
 accurate as the explicit formula (Householder QR is backward stable). Its cost depends on the weights
-only, ``~2·D·C_in·k²·(rank+1)²`` flops per forward pass: negligible at training batch sizes, but
-for single images of ``coda_simple9_in100`` (rank 256) it is most of the time.
+only, ``~2·D·C_in·k²·(rank+1)²`` flops: negligible at training batch sizes, most of the time for single
+images of ``coda_simple9_in100`` (rank 256), so in eval mode without weight gradients T is cached.
 
 The official channel layout of B's output is kept (channel ``patch_index·D + j``, patch index
 running over input channel, kernel row, kernel column as in ``F.unfold``), so official checkpoints
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .detach import Detachable
+from .fastpath import FilterCache, weights_frozen
 
 __all__ = ["DAU_NORMS", "CoDAConv2d", "DAUWeights"]
 
@@ -140,6 +141,7 @@ class CoDAConv2d(Detachable, nn.Module):
         self.padding = tuple((k - 1) // 2 for k in self.kernel_size) if padding is None else _pair(padding)
         self.weight_mod = DAUWeights(in_channels, out_channels, self.kernel_size, self.stride, self.padding, rank,
                                      groups, device=device, dtype=dtype)  # fmt: skip
+        self._cache = FilterCache()  # the QR factor T, in eval mode
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.weight_mod.low_rank(x)  # [N, R, H', W']
@@ -165,13 +167,39 @@ class CoDAConv2d(Detachable, nn.Module):
         gradient of ``‖Q_jᵀ M_j [h; 1]‖`` with Q held constant is that of ``‖M_j [h; 1]‖``, exactly, and
         nothing is divided by the triangular factor (as differentiating the QR would do, which is
         ill-conditioned when M_j is)."""
-        with torch.no_grad():
-            basis = torch.linalg.qr(factors).Q  # [D, P, m], m = min(P, R+1)
-        triangular = basis.mT @ factors  # T_j = Q_jᵀ M_j; its gradient is exact without differentiating the QR
+        triangular = self._triangular_factor(factors)
         d, m, _ = triangular.shape
         rotated = F.conv2d(h, triangular[..., :-1].reshape(d * m, -1, 1, 1), triangular[..., -1].reshape(d * m))
         norm = torch.linalg.vector_norm(rotated.unflatten(1, (d, m)), dim=2)  # ‖w_j‖, one fused op and backward
         return norm / (1 + norm * norm) if self.norm == "squash" else norm.reciprocal()
+
+    def _triangular_factor(self, factors: Tensor) -> Tensor:
+        """``T_j = Q_jᵀ M_j`` (``[D, m, R+1]``, m = min(P, R+1)) with Q from a QR of ``M_j``, held constant:
+        the gradient of T is then exact without differentiating the QR.
+
+        T depends on the weights only: in eval mode without weight gradients it is cached (see
+        :class:`~bcos_zoo.layers.fastpath.FilterCache`; single-image inference of the rank-256 ImageNet-100
+        net is then mostly convolutions). Traced for ONNX, which has no QR, the cached T of an earlier eager
+        forward becomes a constant of the graph (``bcos_zoo.export_onnx`` runs that forward first)."""
+        conv_b = self.weight_mod.weighting_f[1]
+        sources = (conv_b.weight, conv_b.bias)  # M = [B, b]
+        if torch.jit.is_tracing():
+            cached = self._cache.peek(sources)
+            if cached is None:
+                raise RuntimeError(
+                    "tracing a CoDA-Net for ONNX needs its QR factors computed first (ONNX has no QR): "
+                    "run the model once in eval mode under torch.no_grad() before exporting, or use bcos_zoo.export_onnx"
+                )
+            return cached
+
+        def compute() -> Tensor:
+            with torch.no_grad():
+                basis = torch.linalg.qr(factors).Q  # [D, P, m]
+            return basis.mT @ factors
+
+        if not self.training and weights_frozen(*sources):
+            return self._cache.get(sources, compute)
+        return compute()
 
     def extra_repr(self) -> str:
         groups = self.weight_mod.weighting_f[1].groups

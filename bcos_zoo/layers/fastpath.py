@@ -62,6 +62,10 @@ class FilterCache:
             self._sources, self._key = tuple(None if t is None else t.detach() for t in sources), key
         return self._value
 
+    def peek(self, sources: tuple[Tensor | None, ...], extra: tuple = ()) -> Tensor | None:
+        """The cached value if it was computed from these unchanged ``sources`` (and ``extra``), else None."""
+        return self._value if self._value is not None and self._key_of(sources) + extra == self._key else None
+
     def clear(self) -> None:
         self._sources, self._key, self._value = (), (), None
 
