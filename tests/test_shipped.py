@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-def test_both_models_are_shipped() -> None:
+def test_every_model_is_shipped() -> None:
     assert set(SPECS) == set(REQUIRED_TOP1)
     assert bcos_zoo.get_weights("bcos_resnet20_cifar").name == "bcos_resnet20_cifar.fmnist"
 
@@ -52,6 +53,7 @@ def load_shipped_offline(name: str, offline: Path) -> torch.nn.Module:
     assert sha256_file(source.path) == source.sha256 == spec.sha256
     model = bcos_zoo.create_model(name, pretrained=True).eval()
     assert model.pretrained_cfg == spec and model.in_chans == 2 and model.pretrained_cfg.classes[9] == "Ankle boot"
+    assert model.arch == spec.arch
     assert not offline.exists() or not any(offline.rglob("*.safetensors")), "shipped weights are not copied to the cache"
     return model
 
@@ -132,3 +134,39 @@ def test_finetune_shipped_model_on_two_classes(tmp_path: Path) -> None:
     result = train(cfg)
     assert result["test_n"] >= 700
     assert result["test_top1"] >= 85.0, result
+
+
+def test_ship_weights_records_a_runs_history_and_plots_it(tmp_path: Path, load_script, monkeypatch, png_size) -> None:
+    ship = load_script("ship_weights")
+    for name in ("a", "b"):
+        cfg = TrainConfig(model="bcos_resnet20_cifar", model_kwargs={"in_chans": 2}, out=str(tmp_path / name), epochs=2,
+                          batch_size=8, max_steps_per_epoch=1, eval_limit=16, eval_at_start=True)  # fmt: skip
+        train(cfg)
+    run = ship.run_record(tmp_path / "a")
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert run["arch"] == "bcos_resnet20_cifar" and run["wall_time_s"] == summary["wall_time_s"]
+    assert [h["epoch"] for h in run["history"]] == [0, 1, 2] and run["history"][0]["wall_time"] == 0.0
+    assert run["top1"] == round(summary["test_top1"], 2) and run["test_images"] == 16
+    monkeypatch.setattr(ship, "CARDS_DIR", tmp_path / "cards")
+    name = ship.write_curves("x.y", {"a": run["history"], "b": ship.run_record(tmp_path / "b")["history"]}, (50.0, "ref"))
+    assert name == "x.y.curves.png" and png_size(tmp_path / "cards" / name)[0] > 400
+
+
+def test_a_bcosified_record_cites_its_paper_and_compares_with_the_from_scratch_run(tmp_path: Path) -> None:
+    """The card text of B-cosified weights, from a record as scripts/ship_weights.py --base --from-scratch writes it."""
+    record = json.loads((records.PACKAGE_WEIGHTS_DIR / "bcos_resnet20_cifar.fmnist.json").read_text())
+    history = [{"epoch": 0, "wall_time": 0.0, "test_top1": 10.0}, {"epoch": 1, "wall_time": 600.0, "test_top1": 90.0}]
+    run = {"arch": "standard_resnet20_cifar", "command": "train std", "wall_time_s": 1200.0, "top1": 93.24,
+           "test_images": 10_000, "machine": "m", "history": history}  # fmt: skip
+    record["training"]["config"]["optimizer"] = "adam"
+    record["training"]["wall_time_s"] = 1320.0  # a quarter of the run below
+    record.update(arch="bcosified_resnet20_cifar", tag="t", curves="bcosified_resnet20_cifar.t.curves.png",
+                  comparison={"base": run, "from_scratch": {**run, "arch": "bcos_resnet20_cifar", "wall_time_s": 5280.0}})
+    (tmp_path / "x.json").write_text(json.dumps(record))
+    (spec,) = shipped_weights(tmp_path)
+    assert spec.paper.endswith("2411.00715") and "arya2024bcosification" in spec.citation
+    assert spec.recipe.startswith("B-cosified from a standard `standard_resnet20_cifar` trained here (93.24% test top-1 in 20.0 min")
+    assert "took 0.25x that time" in spec.recipe and "Adam lr 0.001" in spec.recipe
+    assert spec.recipe.endswith("![test top-1 against wall time](bcosified_resnet20_cifar.t.curves.png)")
+    plain = shipped_weights()[0]
+    assert plain.paper.endswith("2306.10898") and plain.recipe.startswith("Trained here with `bcos-zoo train`")
