@@ -21,8 +21,8 @@ if [ ! -x /usr/bin/chromium ]; then
     CHROMIUM_PID=$!
 fi
 
-pip_install() {  # quiet unless it fails
-    .venv/bin/pip install -q "$@" >.venv/pip.log 2>&1 || { cat .venv/pip.log >&2; exit 1; }
+pip_install() {  # quiet unless it fails; no .pyc compilation of whole packages (imports compile what they use)
+    .venv/bin/pip install -q --no-compile "$@" >.venv/pip.log 2>&1 || { cat .venv/pip.log >&2; exit 1; }
 }
 
 PY=${PYTHON:-python3}

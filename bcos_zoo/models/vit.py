@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Callable
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,16 +45,8 @@ from torch import Tensor, nn
 
 from ..registry import register_model
 from ..builder import Pretrained, build_model
-from ..layers import (
-    BcosLinear,
-    ConvFactory,
-    Detachable,
-    DetachableGNLayerNorm2d,
-    DetachableLayerNorm,
-    InputIndependentTerm,
-    LogitLayer,
-    bcos_conv_factory,
-)
+from ..layers import (BcosLinear, ConvFactory, Detachable, DetachableGNLayerNorm2d, DetachableLayerNorm,
+                      InputIndependentTerm, LogitLayer, bcos_conv_factory)  # fmt: skip
 from ..transforms import TransformConfig
 from ._base import BcosModelMixin
 from ._features import BlockSequence, FeaturesMixin, FeatureStage
@@ -153,30 +144,23 @@ class Attention(Detachable, nn.Module):
         self.to_out = layers.linear(inner, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, n, _ = x.shape
-        h = self.norm(x)
+        """SDPA; in explanation mode q and k are detached, so the attention matrix is a constant: it is
+        computed outside autograd and applied by one matmul (one in the backward too, where SDPA's would
+        also differentiate q and k), and only v's third of ``to_qkv`` is on the gradient path."""
+        h, inner = self.norm(x), self.heads * self.dim_head
         if self.detach:
-            out = self._linear_in_values(h)
+            w_qk, w_v = self.to_qkv.weight.split((2 * inner, inner))
+            with torch.no_grad():
+                q, k = map(self._heads, F.linear(h, w_qk).chunk(2, dim=-1))
+                attn = torch.softmax(q @ k.mT * self.dim_head**-0.5, dim=-1)  # [B, H, N, N]
+            out = attn @ self._heads(F.linear(h, w_v))
         else:
-            qkv = self.to_qkv(h).view(b, n, 3, self.heads, self.dim_head)  # [B, N, 3, H, Dh]
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, Dh]
+            q, k, v = map(self._heads, self.to_qkv(h).chunk(3, dim=-1))
             out = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / sqrt(Dh)) v: [B, H, N, Dh]
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # [B, N, H*Dh] -> [B, N, D]
+        return self.to_out(out.transpose(1, 2).flatten(2))  # [B, N, H*Dh] -> [B, N, D]
 
-    def _heads(self, t: Tensor) -> Tensor:
-        """``[B, N, H*Dh] -> [B, H, N, Dh]``."""
+    def _heads(self, t: Tensor) -> Tensor:  # [B, N, H*Dh] -> [B, H, N, Dh]
         return t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
-
-    def _linear_in_values(self, h: Tensor) -> Tensor:
-        """Explanation mode: q and k are detached, so the attention matrix is a constant and the block is
-        linear in v. The matrix is computed outside autograd and applied with one matmul, whose backward
-        is one matmul too (SDPA's backward would also work out q's and k's gradients, zeros here), and
-        only v's third of ``to_qkv`` is on the gradient path (3x less backward work in that layer)."""
-        w_qk, w_v = self.to_qkv.weight.split((2 * self.heads * self.dim_head, self.heads * self.dim_head))
-        with torch.no_grad():
-            q, k = map(self._heads, F.linear(h, w_qk).chunk(2, dim=-1))
-            attn = torch.softmax(q @ k.transpose(-2, -1) * self.dim_head**-0.5, dim=-1)  # [B, H, N, N]
-        return attn @ self._heads(F.linear(h, w_v))  # [B, H, N, Dh]
 
 
 class FeedForward(nn.Module):
