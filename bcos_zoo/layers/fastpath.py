@@ -54,13 +54,14 @@ class FilterCache:
     def get(self, sources: tuple[Tensor | None, ...], compute: Callable[[], Tensor], extra: tuple = ()) -> Tensor:
         """The cached value if ``sources`` are the same unchanged tensors (and ``extra`` the same plain
         values, e.g. an eps) as last time, else ``compute()`` (stored for next time)."""
-        key = self._key_of(sources) + extra
-        if self._value is None or key != self._key:
+        value = self.peek(sources, extra)
+        if value is None:
             with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable later with autograd
-                self._value = compute()
+                value = self._value = compute()
             # detached aliases: they share storage and version counter, and keep the storage alive
-            self._sources, self._key = tuple(None if t is None else t.detach() for t in sources), key
-        return self._value
+            self._sources = tuple(None if t is None else t.detach() for t in sources)
+            self._key = self._key_of(sources) + extra
+        return value
 
     def peek(self, sources: tuple[Tensor | None, ...], extra: tuple = ()) -> Tensor | None:
         """The cached value if it was computed from these unchanged ``sources`` (and ``extra``), else None."""
