@@ -181,6 +181,25 @@ def test_bcos_linear_matches_formula(shape: tuple[int, ...], max_out: int, b: fl
             _close(o, t, f"{what} vs official (explanation mode={detach})")
 
 
+@pytest.mark.parametrize("shapes", [((2, 5, 3, 4), (2, 1, 3, 4)), ((2, 2, 3, 3, 4), (2, 2, 1, 3, 4)), ((3, 2, 6), (3, 2, 1))],
+                         ids=["conv", "grouped conv", "linear"])  # fmt: skip
+def test_square_align_derivatives(shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    """The B=2 unit's hand-written backward (``bcos_scale`` in training) equals autograd's derivative of
+    ``out·|out|/norm``, first and second order, for the broadcast shapes conv, grouped conv and linear use."""
+    from bcos_zoo.layers.bcos import _SquareAlign
+
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(shapes[0], generator=gen, dtype=torch.float64, requires_grad=True)
+    norm = (torch.rand(shapes[1], generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(_SquareAlign.apply, (out, norm))
+    assert torch.autograd.gradgradcheck(_SquareAlign.apply, (out, norm))
+    probe = torch.randn(shapes[0], generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad((_SquareAlign.apply(out, norm) * probe).sum(), (out, norm))
+    ref = torch.autograd.grad((out * (out.abs() / norm) * probe).sum(), (out, norm))
+    for what, o, r in zip(("grad out", "grad norm"), ours, ref):
+        _close(o, r, what)
+
+
 def test_bcos_linear_rejects_bias() -> None:
     with pytest.raises(ValueError, match="bias"):
         BcosLinear(4, 3, bias=True)
@@ -379,3 +398,19 @@ def test_explanation_mode_makes_network_linear() -> None:
     y = torch.randn_like(x)
     with torch.no_grad():
         assert not torch.allclose(model(x + y), model(x) + model(y))  # the network itself is not linear
+
+
+@pytest.mark.parametrize("dims", [(0, 2, 3), (0, 1, 2, 3)], ids=["batch norm", "all norm"])
+def test_batch_variance_derivatives(dims: tuple[int, ...]) -> None:
+    """The uncentred batch norms' variance (two passes, hand-written backward) equals ``Tensor.var`` and
+    its first and second derivatives, on values far from zero mean (where a one-pass E[x²] - E[x]² loses digits)."""
+    from bcos_zoo.layers.norms import _BatchVariance
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 4, 5, 6, generator=gen, dtype=torch.float64) * 0.1 + 30).requires_grad_()
+    fn = functools.partial(_BatchVariance.apply, dims=dims)
+    _close(fn(x), x.var(dim=dims, unbiased=False), "variance")
+    assert torch.autograd.gradcheck(fn, (x,)) and torch.autograd.gradgradcheck(fn, (x,))
+    big = torch.randn(64, 8, 20, 20, generator=gen) * 0.1 + 30  # float32: as accurate as Tensor.var
+    ref = big.double().var(dim=dims, unbiased=False)
+    assert ((_BatchVariance.apply(big, dims).double() - ref).abs() / ref).max() < 1e-5

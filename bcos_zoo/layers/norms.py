@@ -47,6 +47,31 @@ def _drop_bias(module: nn.Module, bias: bool) -> None:
         module.register_parameter("bias", None)
 
 
+class _BatchVariance(torch.autograd.Function):
+    """Biased variance over ``dims`` in two passes (the mean, then the mean squared deviation) with its
+    derivative written out, ``∂var/∂x = 2(x - mean)/n``.
+
+    ``Tensor.var`` over the batch and spatial dimensions of an NCHW tensor is a strided Welford reduction,
+    3x slower forward and backward than this at ``[128, 16, 28, 28]`` on one CPU thread: a tenth of a small
+    B-cos network's training step. A backward taken with ``create_graph=True`` recomputes the mean from the
+    saved input, so it is differentiable again.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, dims: tuple[int, ...]) -> Tensor:
+        mean = x.mean(dims, keepdim=True)
+        ctx.save_for_backward(x, mean)
+        ctx.dims = dims
+        return (x - mean).square_().mean(dims)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        x, mean = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the mean as a function of x
+            mean = x.mean(ctx.dims, keepdim=True)
+        return (x - mean) * (grad.reshape(mean.shape) * (2 / (x.numel() // mean.numel()))), None
+
+
 class _UncenteredBatchStats(Detachable, nn.BatchNorm2d):
     """Shared train/eval logic of the uncentered batch norms: only the variance is tracked."""
 
@@ -59,7 +84,7 @@ class _UncenteredBatchStats(Detachable, nn.BatchNorm2d):
         if not use_batch:
             var = self.running_var
         else:
-            var = (x.detach() if self.detach else x).var(dim=self.stat_dims, unbiased=False)
+            var = _BatchVariance.apply(x.detach() if self.detach else x, self.stat_dims)
             if self.training and self.track_running_stats and self.running_var is not None:
                 self.num_batches_tracked.add_(1)
                 momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
