@@ -414,3 +414,14 @@ def test_batch_variance_derivatives(dims: tuple[int, ...]) -> None:
     big = torch.randn(64, 8, 20, 20, generator=gen) * 0.1 + 30  # float32: as accurate as Tensor.var
     ref = big.double().var(dim=dims, unbiased=False)
     assert ((_BatchVariance.apply(big, dims).double() - ref).abs() / ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_channel_squares_derivatives(groups: int) -> None:
+    """The patch norms' channel sum of squares (hand-written backward) against ``square().sum()``."""
+    from bcos_zoo.layers.bcos import _ChannelSquares
+
+    x = torch.randn(2, 6, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    fn = functools.partial(_ChannelSquares.apply, groups=groups)
+    _close(fn(x), x.square().unflatten(1, (groups, -1)).sum(2), "sum of squares")
+    assert torch.autograd.gradcheck(fn, (x,)) and torch.autograd.gradgradcheck(fn, (x,))
