@@ -17,6 +17,7 @@ from . import pretrained as _pretrained_tables  # noqa: F401  (registers the off
 from .bcosification import bcosify
 from .builder import Pretrained, create_model, load_model
 from .checkpoint import read_header, read_state_dict, save_weights
+from .compiling import FrozenInference, compile_for_inference
 from .errors import CheckpointError, DownloadError, HashMismatchError, OfflineError, TrustOnFirstUseWarning
 from .explain import Explanation, explain, explain_topk, gradient_to_image
 from .export import export_onnx, onnx_max_deviation
@@ -39,6 +40,6 @@ __all__ = [
     "save_weights", "cache_dir", "explain", "explain_topk", "Explanation", "gradient_to_image", "explanation_mode",
     "AddInverse", "TransformConfig", "create_transform", "CheckpointError", "DownloadError", "HashMismatchError",
     "OfflineError", "TrustOnFirstUseWarning", "bcosify",
-    "export_onnx", "onnx_max_deviation",
+    "export_onnx", "onnx_max_deviation", "compile_for_inference", "FrozenInference",
 ]  # fmt: skip
 __all__ += ["attribute", "cam_target_layers", "tokens_to_map", "ImageInputModel", "quantus_explain_func"]

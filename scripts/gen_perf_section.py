@@ -33,6 +33,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "explain_bs1_vs_official": ("`explain()` ÷ official explain", "≤ 0.75×"),
     "explain_topk5_vs_five_explains": ("`explain_topk(k=5)` ÷ five `explain()`", "≈ 0.6"),
     "compiled_forward_bs1_vs_torchvision_eager": ("`torch.compile` forward bs 1 ÷ torchvision eager", "≤ 1.0×"),
+    "frozen_compiled_forward_bs1_vs_torchvision_eager": ("`compile_for_inference` forward bs 1 ÷ torchvision eager", "≤ 1.0×"),
     "vit_s_forward_bs1_vs_official": ("ViT-S forward bs 1, ours ÷ official", ""),
     "vit_s_forward_bs8_vs_official": ("ViT-S forward bs 8, ours ÷ official", ""),
     "vit_s_explain_bs1_vs_official": ("ViT-S `explain()` ÷ official explain", ""),

@@ -33,3 +33,38 @@ def test_compiled_model_builds_one_graph_per_mode() -> None:
     torch.testing.assert_close(second.dynamic_linear_weights, first.dynamic_linear_weights)
     torch.testing.assert_close(first.logits, model(x).detach(), rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+@pytest.mark.slow  # ~1 min: inductor compiles a small B-cos stack five times
+def test_compile_for_inference_is_exact_and_never_stale() -> None:
+    """Frozen-weight compilation gives the eager outputs, and a weight changed in place, a loaded state
+    dict or a dtype move each make the next call compile a fresh copy: the outputs follow the weights."""
+    from bcos_zoo.layers import BcosConv2d, BcosLinear
+    from bcos_zoo.layers.norms import BatchNormUncentered2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(BcosConv2d(6, 8, 3, padding=1), BatchNormUncentered2d(8, bias=False),
+                                BcosConv2d(8, 4, 3, padding=1), torch.nn.Flatten(2), BcosLinear(25, 3)).eval()  # fmt: skip
+    model[1].running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 6, 5, 5)
+    fast = bcos_zoo.compile_for_inference(model)
+    out = fast(x)
+    assert not out.requires_grad and fast.recompiles == 0
+    torch.testing.assert_close(out, model(x).detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast(x), out, rtol=0, atol=0)
+    assert fast.recompiles == 0  # unchanged weights: the same compiled copy
+    with torch.no_grad():
+        model[2].linear.weight[0].mul_(-2.0)  # in place: same storage, new version
+    changed = fast(x)
+    assert fast.recompiles == 1 and not torch.allclose(changed, out)
+    torch.testing.assert_close(changed, model(x).detach(), rtol=1e-5, atol=1e-6)
+    state = {k: v * 1.5 if k.endswith("running_var") else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    torch.testing.assert_close(fast(x), model(x).detach(), rtol=1e-5, atol=1e-6)
+    assert fast.recompiles == 2
+    model.to(torch.bfloat16)  # a move: new tensors
+    assert fast(x.bfloat16()).dtype == torch.bfloat16 and fast.recompiles == 3
+    model.double()  # compiled without freezing (no float64 prepacked kernels), still exact
+    torch.testing.assert_close(fast(x.double()), model(x.double()).detach())
+    assert fast.recompiles == 4
+    assert fast.training is False and fast.state_dict is not None  # attributes are the model's own
