@@ -212,7 +212,8 @@ def training_curves_figure(runs: Mapping[str, Sequence[Mapping[str, float]]], *,
                            reference: tuple[float, str] | None = None, title: str | None = None) -> Figure:
     """Test top-1 against wall time, one line per run (``{label: history}``, each entry with
     ``wall_time`` in seconds and ``test_top1`` in percent, as the trainer records them);
-    ``reference`` (accuracy, label) draws a horizontal line. The y range starts at the lowest accuracy after the first
+    ``reference`` (accuracy, label) draws a horizontal line; a one-entry history (a run known only by its final
+    evaluation) is a single larger marker. The y range starts at the lowest accuracy after the first
     evaluation of any run, so the curves' ends stay readable when a run starts near chance."""
     from matplotlib.figure import Figure
 
@@ -220,7 +221,7 @@ def training_curves_figure(runs: Mapping[str, Sequence[Mapping[str, float]]], *,
     ax = fig.add_subplot()
     for label, history in runs.items():
         minutes = [h["wall_time"] / 60 for h in history]
-        ax.plot(minutes, [h["test_top1"] for h in history], marker="o", markersize=3, label=label)
+        ax.plot(minutes, [h["test_top1"] for h in history], marker="o", markersize=3 if len(history) > 1 else 7, label=label)
         ax.annotate(f"{history[-1]['test_top1']:.2f}%", (minutes[-1], history[-1]["test_top1"]),
                     textcoords="offset points", xytext=(4, -10), fontsize=8)  # fmt: skip
     if reference is not None:

@@ -12,12 +12,13 @@ dataset, classes, preprocessing, metrics, training command, seed, wall time, mac
 Regenerate the cards afterwards with ``scripts/gen_model_cards.py``.
 
 For B-cosified weights, ``--base RUN`` records the standard network's run (accuracy, wall time,
-command) and ``--from-scratch RUN`` a B-cos network trained from scratch on the same data; the record
+command) and ``--from-scratch`` a B-cos network trained from scratch on the same data and machine (a
+training directory, or shipped weights by name: their record's command, wall time and accuracy); the record
 then holds both runs' accuracy-vs-time histories, and ``model_cards/<arch>.<tag>.curves.png`` plots
 them side by side (the card shows it):
 
     python scripts/ship_weights.py --run runs/fmnist_bcosified_resnet20 --tag fmnist_bcosified \
-        --base runs/fmnist_std_resnet20 --from-scratch runs/fmnist_resnet20_rerun
+        --base runs/fmnist_std_resnet20 --from-scratch bcos_resnet20_cifar.fmnist
 """
 
 from __future__ import annotations
@@ -65,6 +66,29 @@ def run_record(run: Path) -> dict[str, object]:
     }  # fmt: skip
 
 
+def shipped_record(name: str) -> dict[str, object]:
+    """What a card says about the run behind already shipped weights (``<arch>.<tag>``), read from its record:
+    the from-scratch reference when re-running that training is out of reach. A record written before
+    histories were kept gives a one-point history: its final accuracy at its wall time."""
+    path = PACKAGE_WEIGHTS_DIR / f"{name}.json"
+    if not path.is_file():
+        shipped = sorted(f.stem for f in PACKAGE_WEIGHTS_DIR.glob("*.json"))
+        raise FileNotFoundError(f"{name!r} is neither a training directory nor shipped weights (shipped: {shipped})")
+    record = json.loads(path.read_text())
+    training, top1 = record["training"], record["metrics"]["top1"]
+    final = [{"epoch": training["epochs"], "wall_time": training["wall_time_s"], "test_top1": top1}]
+    return {
+        "arch": record["arch"], "command": training["command"], "wall_time_s": training["wall_time_s"], "top1": top1,
+        "test_images": record["metrics"]["test_images"], "machine": training["machine"],
+        "history": training.get("history", final),
+    }  # fmt: skip
+
+
+def comparison_record(source: str) -> dict[str, object]:
+    """``run_record`` of a training directory, or ``shipped_record`` of a shipped weight name."""
+    return run_record(Path(source)) if Path(source).is_dir() else shipped_record(source)
+
+
 def write_curves(name: str, runs: dict[str, list[dict[str, float]]], reference: tuple[float, str]) -> str:
     """Plot ``runs`` (label -> history) into ``model_cards/<name>.curves.png``; returns the file name."""
     path = CARDS_DIR / f"{name}.curves.png"
@@ -80,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion_mnist", help="dataset id recorded with the metrics")
     p.add_argument("--grid", type=int, default=2)
     p.add_argument("--n-grids", type=int, default=250)
-    p.add_argument("--base", type=Path, help="B-cosified weights: the run that trained the standard network")
-    p.add_argument("--from-scratch", type=Path, help="B-cosified weights: a from-scratch B-cos run to compare with")
+    p.add_argument("--base", help="B-cosified weights: the run (directory) that trained the standard network")
+    p.add_argument("--from-scratch", help="B-cosified weights: a from-scratch B-cos run to compare with, as a training "
+                   "directory or the name of shipped weights (bcos_resnet20_cifar.fmnist)")
     args = p.parse_args(argv)
     summary = json.loads((args.run / "summary.json").read_text())
     model = bcos_zoo.load_model(args.run / "model.safetensors").eval()
@@ -104,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base or args.from_scratch:
         this = run_record(args.run)
         record["training"]["history"] = this["history"]
-        record["comparison"] = {k: run_record(r) for k, r in (("base", args.base), ("from_scratch", args.from_scratch)) if r}
+        record["comparison"] = {k: comparison_record(r) for k, r in (("base", args.base), ("from_scratch", args.from_scratch)) if r}
         if args.from_scratch:
             scratch = record["comparison"]["from_scratch"]
             curves = {f"from scratch ({scratch['arch']})": scratch["history"], f"B-cosified ({model.arch})": this["history"]}

@@ -168,5 +168,29 @@ def test_a_bcosified_record_cites_its_paper_and_compares_with_the_from_scratch_r
     assert spec.recipe.startswith("B-cosified from a standard `standard_resnet20_cifar` trained here (93.24% test top-1 in 20.0 min")
     assert "took 0.25x that time" in spec.recipe and "Adam lr 0.001" in spec.recipe
     assert spec.recipe.endswith("![test top-1 against wall time](bcosified_resnet20_cifar.t.curves.png)")
+    assert "keeps only its final evaluation" not in spec.recipe
+    record["comparison"]["from_scratch"]["history"] = history[-1:]  # a shipped run known by its final evaluation
+    (tmp_path / "x.json").write_text(json.dumps(record))
+    (spec,) = shipped_weights(tmp_path)
+    assert "the from-scratch run's record keeps only its final evaluation, the single point" in spec.recipe
     plain = shipped_weights()[0]
     assert plain.paper.endswith("2306.10898") and plain.recipe.startswith("Trained here with `bcos-zoo train`")
+
+
+def test_ship_weights_compares_with_shipped_weights_by_name(tmp_path: Path, load_script) -> None:
+    """``--from-scratch bcos_resnet20_cifar.fmnist``: the shipped record's run, its final evaluation as a one-point history."""
+    ship = load_script("ship_weights")
+    record = json.loads((records.PACKAGE_WEIGHTS_DIR / "bcos_resnet20_cifar.fmnist.json").read_text())
+    scratch = ship.comparison_record("bcos_resnet20_cifar.fmnist")
+    training = record["training"]
+    assert scratch["wall_time_s"] == training["wall_time_s"] and scratch["command"] == training["command"]
+    assert scratch["top1"] == record["metrics"]["top1"] and scratch["machine"] == training["machine"]
+    assert scratch["history"] == training.get("history", [{"epoch": training["epochs"], "wall_time": training["wall_time_s"],
+                                                            "test_top1": record["metrics"]["top1"]}])  # fmt: skip
+    cfg = TrainConfig(model="bcos_resnet20_cifar", model_kwargs={"in_chans": 2}, out=str(tmp_path / "run"), epochs=1,
+                      batch_size=8, max_steps_per_epoch=1, eval_limit=16)  # fmt: skip
+    train(cfg)
+    assert ship.comparison_record(str(tmp_path / "run")) == ship.run_record(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="neither a training directory nor shipped weights.*bcos_resnet20_cifar.fmnist"):
+        ship.comparison_record("bcos_resnet20_cifar.no_such_tag")
+

@@ -33,6 +33,10 @@ BCOSIFICATION_CITATION = """@inproceedings{arya2024bcosification,
 }"""
 
 
+# a from-scratch run shipped before the trainer kept histories is plotted as its final evaluation only
+_ONE_POINT = "; the from-scratch run's record keeps only its final evaluation, the single point"
+
+
 def _recipe(record: dict[str, Any]) -> str:
     """How the weights were trained (and, for B-cosified ones, from what and against which
     from-scratch run), from the record's training configuration and run summaries."""
@@ -59,7 +63,7 @@ def _recipe(record: dict[str, Any]) -> str:
             f"\n\nFor comparison, a `{scratch['arch']}` trained from scratch on the same data and machine reached "
             f"{scratch['top1']:.2f}% in {scratch['wall_time_s'] / 60:.1f} min (command `{scratch['command']}`): the "
             f"fine-tuning took {ratio:.2f}x that time. Test top-1 after each epoch against wall time (the trainer's "
-            f"evaluations on the full test set):"
+            f"evaluations on the full test set{_ONE_POINT if len(scratch['history']) == 1 else ''}):"
         )
     if record.get("curves"):
         text += f"\n\n![test top-1 against wall time]({record['curves']})"
