@@ -20,13 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .layers.fastpath import version_key
+
 __all__ = ["FrozenInference", "compile_for_inference"]
-
-
-def _state_key(model: nn.Module) -> tuple[object, ...]:
-    """Identity and version of every parameter and buffer: changes whenever a weight does."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors)
 
 
 class FrozenInference:
@@ -45,7 +41,7 @@ class FrozenInference:
         self.recompiles = -1  # the first compilation is not a recompilation
 
     def _refresh(self) -> None:
-        key = _state_key(self.model)
+        key = version_key([*self.model.parameters(), *self.model.buffers()])
         if key != self._key:
             frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
             self._compiled = torch.compile(frozen, **self._compile_kwargs)

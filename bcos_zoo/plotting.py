@@ -221,7 +221,8 @@ def training_curves_figure(runs: Mapping[str, Sequence[Mapping[str, float]]], *,
     ax = fig.add_subplot()
     for label, history in runs.items():
         minutes = [h["wall_time"] / 60 for h in history]
-        ax.plot(minutes, [h["test_top1"] for h in history], marker="o", markersize=3 if len(history) > 1 else 7, label=label)
+        marker = 3 if len(history) > 1 else 7  # a lone final evaluation must stay visible
+        ax.plot(minutes, [h["test_top1"] for h in history], marker="o", markersize=marker, label=label)
         ax.annotate(f"{history[-1]['test_top1']:.2f}%", (minutes[-1], history[-1]["test_top1"]),
                     textcoords="offset points", xytext=(4, -10), fontsize=8)  # fmt: skip
     if reference is not None:

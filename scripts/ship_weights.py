@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.base or args.from_scratch:
         this = run_record(args.run)
         record["training"]["history"] = this["history"]
-        record["comparison"] = {k: comparison_record(r) for k, r in (("base", args.base), ("from_scratch", args.from_scratch)) if r}
+        sources = (("base", args.base), ("from_scratch", args.from_scratch))
+        record["comparison"] = {k: comparison_record(r) for k, r in sources if r}
         if args.from_scratch:
             scratch = record["comparison"]["from_scratch"]
             curves = {f"from scratch ({scratch['arch']})": scratch["history"], f"B-cosified ({model.arch})": this["history"]}

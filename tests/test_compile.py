@@ -43,8 +43,9 @@ def test_compile_for_inference_is_exact_and_never_stale() -> None:
     from bcos_zoo.layers.norms import BatchNormUncentered2d
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(BcosConv2d(6, 8, 3, padding=1), BatchNormUncentered2d(8, bias=False),
-                                BcosConv2d(8, 4, 3, padding=1), torch.nn.Flatten(2), BcosLinear(25, 3)).eval()  # fmt: skip
+    layers = (BcosConv2d(6, 8, 3, padding=1), BatchNormUncentered2d(8, bias=False), BcosConv2d(8, 4, 3, padding=1),
+              torch.nn.Flatten(2), BcosLinear(25, 3))  # fmt: skip
+    model = torch.nn.Sequential(*layers).eval()
     model[1].running_var.uniform_(0.5, 2)
     x = torch.rand(2, 6, 5, 5)
     fast = bcos_zoo.compile_for_inference(model)

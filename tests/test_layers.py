@@ -181,8 +181,10 @@ def test_bcos_linear_matches_formula(shape: tuple[int, ...], max_out: int, b: fl
             _close(o, t, f"{what} vs official (explanation mode={detach})")
 
 
-@pytest.mark.parametrize("shapes", [((2, 5, 3, 4), (2, 1, 3, 4)), ((2, 2, 3, 3, 4), (2, 2, 1, 3, 4)), ((3, 2, 6), (3, 2, 1))],
-                         ids=["conv", "grouped conv", "linear"])  # fmt: skip
+SQUARE_ALIGN_SHAPES = [((2, 5, 3, 4), (2, 1, 3, 4)), ((2, 2, 3, 3, 4), (2, 2, 1, 3, 4)), ((3, 2, 6), (3, 2, 1))]
+
+
+@pytest.mark.parametrize("shapes", SQUARE_ALIGN_SHAPES, ids=["conv", "grouped conv", "linear"])
 def test_square_align_derivatives(shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
     """The B=2 unit's hand-written backward (``bcos_scale`` in training) equals autograd's derivative of
     ``out·|out|/norm``, first and second order, for the broadcast shapes conv, grouped conv and linear use."""

@@ -161,9 +161,7 @@ class _ChannelSquares(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
-        if ctx.groups == 1:
-            return x * (grad * 2), None
+        (x,) = ctx.saved_tensors  # grad [N, G, H, W] spread over each group's channels (views, one product)
         return (x.unflatten(1, (ctx.groups, -1)) * (grad * 2).unsqueeze(2)).flatten(1, 2), None
 
 

@@ -20,12 +20,12 @@ max for min); a norm bias is not folded. Which norm follows which conv is read o
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
-__all__ = ["FilterCache", "FoldedOutput", "weights_frozen"]
+__all__ = ["FilterCache", "FoldedOutput", "version_key", "weights_frozen"]
 
 
 def weights_frozen(*tensors: Tensor | None) -> bool:
@@ -39,6 +39,12 @@ def weights_frozen(*tensors: Tensor | None) -> bool:
     return not torch.is_grad_enabled() or not any(t.requires_grad for t in present)
 
 
+def version_key(tensors: Iterable[Tensor | None]) -> tuple[object, ...]:
+    """Storage, version counter, dtype, device and shape of each tensor: equal keys mean none of them was
+    written to (in place, ``load_state_dict``) or replaced (``.to()``) in between."""
+    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors)
+
+
 class FilterCache:
     """One cached tensor computed from some source tensors, valid while none of them changed."""
 
@@ -47,9 +53,6 @@ class FilterCache:
         self._key: tuple[object, ...] = ()
         self._value: Tensor | None = None
 
-    @staticmethod
-    def _key_of(sources: tuple[Tensor | None, ...]) -> tuple[object, ...]:
-        return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
 
     def get(self, sources: tuple[Tensor | None, ...], compute: Callable[[], Tensor], extra: tuple = ()) -> Tensor:
         """The cached value if ``sources`` are the same unchanged tensors (and ``extra`` the same plain
@@ -60,12 +63,12 @@ class FilterCache:
                 value = self._value = compute()
             # detached aliases: they share storage and version counter, and keep the storage alive
             self._sources = tuple(None if t is None else t.detach() for t in sources)
-            self._key = self._key_of(sources) + extra
+            self._key = version_key(sources) + extra
         return value
 
     def peek(self, sources: tuple[Tensor | None, ...], extra: tuple = ()) -> Tensor | None:
         """The cached value if it was computed from these unchanged ``sources`` (and ``extra``), else None."""
-        return self._value if self._value is not None and self._key_of(sources) + extra == self._key else None
+        return self._value if self._value is not None and version_key(sources) + extra == self._key else None
 
     def clear(self) -> None:
         self._sources, self._key, self._value = (), (), None
