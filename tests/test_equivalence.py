@@ -97,8 +97,8 @@ def test_every_cnn_is_covered() -> None:
     assert archs == set(OFFICIAL_NAMES)
 
 
-#: 10 s each here; the ConvNeXt-T twins run the same code (only depth and width differ) in the default run
-SLOW = {"bcos_convnext_base", "bcos_convnext_base_bnu"}
+#: 10-24 s each here; their twins of the same layout (ConvNeXt-T: only depth and width differ; bcos_vgg11) run by default
+SLOW = {"bcos_convnext_base", "bcos_convnext_base_bnu", "bcos_vgg11_bnu"}
 
 
 @pytest.mark.parametrize(

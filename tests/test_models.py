@@ -54,8 +54,8 @@ def test_registry_is_complete() -> None:
 #: the larger B-cosified nets (1-2.5 s each here); their conversion rules run by default in tests/test_bcosify.py
 BCOSIFIED_SLOW = {"bcosified_resnet50", "bcosified_densenet121", *(f"bcosified_{v}" for v in (
     "simple_vit_b_patch16_224", "simple_vit_l_patch16_224", "vitc_b_patch1_14", "vitc_l_patch1_14"))}  # fmt: skip
-#: 11 s here (VGG's 4096-channel 7×7 classifier conv); its v2 twin, the same layout, runs by default
-SLOW = {"bcos_v1_vgg11"} | BCOSIFIED_SLOW
+#: 11-19 s here (VGG's 4096-channel 7×7 classifier conv); their v2 twin of the same layout runs by default
+SLOW = {"bcos_v1_vgg11", "bcos_vgg11_bnu"} | BCOSIFIED_SLOW
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ALL])
