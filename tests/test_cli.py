@@ -141,6 +141,7 @@ def test_predict_json_matches_python_api(env, work, fmnist, images):
                                    torch.sigmoid(top.values), atol=1e-5, rtol=0)  # fmt: skip
 
 
+@pytest.mark.slow  # a subprocess of 15-25 s here: CI runs it (.ci/run)
 def test_explain_fmnist_top_k(env, work, fmnist, images, png_size):
     out = work / "explain_fm"
     r = run(env, work, "explain", images["boot"], images["jpg"], "--weights", fmnist[0], "--top-k", 2, "-o", out)
