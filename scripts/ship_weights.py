@@ -11,6 +11,10 @@ dataset, classes, preprocessing, metrics, training command, seed, wall time, mac
 ``bcos_zoo/pretrained/shipped.py`` registers every such record; nothing in them is typed by hand.
 Regenerate the cards afterwards with ``scripts/gen_model_cards.py``.
 
+A run that was resumed after it had finished, with more ``--epochs`` (its cosine schedule stretched
+from then on), is shipped with ``--continues EARLIER_RUN`` (a copy of its directory before the resume), so
+the card gives both commands and the accuracy the earlier run ended at.
+
 For B-cosified weights, ``--base RUN`` records the standard network's run (accuracy, wall time,
 command) and ``--from-scratch`` a B-cos network trained from scratch on the same data and machine (a
 training directory, or shipped weights by name: their record's command, wall time and accuracy); the record
@@ -60,8 +64,9 @@ def run_record(run: Path) -> dict[str, object]:
     summary = json.loads((run / "summary.json").read_text())
     history = json.loads((run / "last.json").read_text())["history"]
     return {
-        "arch": summary["arch"], "command": summary["command"], "wall_time_s": summary["wall_time_s"],
-        "top1": round(summary["test_top1"], 2), "test_images": summary["test_samples"], "machine": summary["machine"],
+        "arch": summary["arch"], "command": summary["command"], "epochs": summary["epochs"],
+        "wall_time_s": summary["wall_time_s"], "top1": round(summary["test_top1"], 2),
+        "test_images": summary["test_samples"], "machine": summary["machine"],
         "history": [{k: round(h[k], 2) for k in ("epoch", "wall_time", "test_top1")} for h in history],
     }  # fmt: skip
 
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help="B-cosified weights: the run (directory) that trained the standard network")
     p.add_argument("--from-scratch", help="B-cosified weights: a from-scratch B-cos run to compare with, as a training "
                    "directory or the name of shipped weights (bcos_resnet20_cifar.fmnist)")
+    p.add_argument("--continues", type=Path, help="the finished run (directory, as it was) that RUN resumed with "
+                   "--resume and more --epochs: the card then gives both commands")
     args = p.parse_args(argv)
     summary = json.loads((args.run / "summary.json").read_text())
     model = bcos_zoo.load_model(args.run / "model.safetensors").eval()
@@ -126,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "localisation": loc,
         "training": {k: summary[k] for k in ("command", "seed", "epochs", "wall_time_s", "machine", "world_size", "config")},
     }  # fmt: skip
-    if args.base or args.from_scratch:
+    if args.continues:
+        record["training"]["continues"] = run_record(args.continues)
+    if args.base or args.from_scratch or args.continues:
         this = run_record(args.run)
         record["training"]["history"] = this["history"]
         sources = (("base", args.base), ("from_scratch", args.from_scratch))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,9 @@ from bcos_zoo.data import load_fashion_mnist
 from bcos_zoo.evaluation import evaluate
 from bcos_zoo.localisation import grid_pointing_game, summarize
 from bcos_zoo.training import TrainConfig, train
+from bcos_zoo.pretrained.official import BCOS_V2_PAPER
 from bcos_zoo.pretrained.shipped import shipped_weights
+from bcos_zoo.pretrained.v1_coda import CODA_PAPER
 
 # the issue's accuracy targets on the 10k test images
 REQUIRED_TOP1 = {"bcos_resnet20_cifar.fmnist": 93.0, "bcos_simple9_cifar.fmnist": 90.0}
@@ -44,6 +47,17 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_every_model_is_shipped() -> None:
     assert set(SPECS) == set(REQUIRED_TOP1)
     assert bcos_zoo.get_weights("bcos_resnet20_cifar").name == "bcos_resnet20_cifar.fmnist"
+    # shipped weights are the default also where official weights of the architecture are registered (B-cos v1)
+    assert "bcos_simple9_cifar.v1_b2_cifar10" in bcos_zoo.list_weights()
+    assert bcos_zoo.get_weights("bcos_simple9_cifar").name == "bcos_simple9_cifar.fmnist"
+
+
+def test_each_record_cites_the_paper_of_its_method(tmp_path: Path) -> None:
+    assert SPECS["bcos_resnet20_cifar.fmnist"].paper == BCOS_V2_PAPER
+    record = json.loads((records.PACKAGE_WEIGHTS_DIR / "bcos_simple9_cifar.fmnist.json").read_text())
+    (tmp_path / "x.json").write_text(json.dumps({**record, "arch": "coda_simple9_cifar"}))
+    (coda,) = shipped_weights(tmp_path)
+    assert coda.paper == CODA_PAPER and "boehle2021coda" in coda.citation
 
 
 def load_shipped_offline(name: str, offline: Path) -> torch.nn.Module:
@@ -150,6 +164,28 @@ def test_ship_weights_records_a_runs_history_and_plots_it(tmp_path: Path, load_s
     monkeypatch.setattr(ship, "CARDS_DIR", tmp_path / "cards")
     name = ship.write_curves("x.y", {"a": run["history"], "b": ship.run_record(tmp_path / "b")["history"]}, (50.0, "ref"))
     assert name == "x.y.curves.png" and png_size(tmp_path / "cards" / name)[0] > 400
+
+
+def test_a_run_resumed_with_more_epochs_gives_both_commands(tmp_path: Path, load_script) -> None:
+    """``--continues EARLIER``: a finished 1-epoch run, copied and resumed for a second epoch; the card names
+    the first command, where the earlier run ended, and the total wall time."""
+    ship = load_script("ship_weights")
+    cfg = TrainConfig(model="bcos_resnet20_cifar", model_kwargs={"in_chans": 2}, out=str(tmp_path / "a"), epochs=1,
+                      batch_size=8, max_steps_per_epoch=1, eval_limit=16)  # fmt: skip
+    train(cfg)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    train(dataclasses.replace(cfg, out=str(tmp_path / "b"), epochs=2), resume=True)
+    earlier, later = ship.run_record(tmp_path / "a"), ship.run_record(tmp_path / "b")
+    assert earlier["epochs"] == 1 and later["epochs"] == 2 and [h["epoch"] for h in later["history"]] == [1, 2]
+    assert later["history"][0] == earlier["history"][0] and later["wall_time_s"] > earlier["wall_time_s"]
+    record = json.loads((records.PACKAGE_WEIGHTS_DIR / "bcos_resnet20_cifar.fmnist.json").read_text())
+    record["training"].update(continues={**earlier, "command": "train --epochs 1"}, config={
+        **record["training"]["config"], "epochs": 2})
+    (tmp_path / "x.json").write_text(json.dumps(record))
+    (spec,) = shipped_weights(tmp_path)
+    assert (f"The run first ended after 1 epoch(s) ({earlier['top1']:.2f}% test top-1, "
+            f"{earlier['wall_time_s'] / 60:.1f} min; command `train --epochs 1`) and was then resumed") in spec.recipe
+    assert "for 1 more epoch(s)" in spec.recipe and "that of 2 epochs from epoch 1 on" in spec.recipe
 
 
 def test_a_bcosified_record_cites_its_paper_and_compares_with_the_from_scratch_run(tmp_path: Path) -> None:

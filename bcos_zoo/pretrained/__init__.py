@@ -5,4 +5,4 @@
 - :mod:`.v1_coda`: the official B-cos v1 and CoDA-Nets weights (no published hashes: trusted on first use).
 """
 
-from . import official, shipped, v1_coda  # noqa: F401  (registration, in this order: shipped weights stay defaults)
+from . import official, shipped, v1_coda  # noqa: F401  (registration; shipped weights are their architectures' defaults)

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..records import DATASET_NAMES, PACKAGE_WEIGHTS_DIR, PackageFile, WeightSpec
-from ..registry import register_weights
+from ..registry import list_models, register_weights
 from ..transforms import TransformConfig
 from .official import BCOS_V2_CITATION, BCOS_V2_PAPER
+from .v1_coda import CODA_CITATION, CODA_PAPER
 
 __all__ = ["shipped_weights"]
 
@@ -57,6 +58,8 @@ def _recipe(record: dict[str, Any]) -> str:
         f"Command: `{training['command']}`. Wall time {training['wall_time_s'] / 60:.1f} min on {training['machine']} "
         f"({training['world_size']} process(es))."
     )
+    if training.get("continues"):
+        text += _continuation(training["continues"], cfg)
     if scratch:
         ratio = training["wall_time_s"] / scratch["wall_time_s"]
         text += (
@@ -70,28 +73,48 @@ def _recipe(record: dict[str, Any]) -> str:
     return text
 
 
+def _continuation(earlier: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """How a run that was resumed with more epochs after it had finished got its weights."""
+    return (
+        f" The run first ended after {earlier['epochs']} epoch(s) ({earlier['top1']:.2f}% test top-1, "
+        f"{earlier['wall_time_s'] / 60:.1f} min; command `{earlier['command']}`) and was then resumed with the command "
+        f"above for {cfg['epochs'] - earlier['epochs']} more epoch(s): its first {earlier['epochs']} epochs followed "
+        f"the {earlier['epochs']}-epoch cosine schedule, the rest that of {cfg['epochs']} epochs from epoch "
+        f"{earlier['epochs']} on; the wall time is the total."
+    )
+
+
 def _notes(record: dict[str, Any]) -> str:
     loc = record["localisation"]
     return (
         f"Measured by scripts/ship_weights.py on the {record['metrics']['test_images']} {DATASET_NAMES.get(record['dataset'], record['dataset'])} test "
         f"images. Grid pointing game ({loc['grid']}x{loc['grid']} grids of confidently and correctly classified test "
         f"images of distinct classes, {loc['n_grids']} grids, smoothing {loc['smooth']}): mean share of positive "
-        f"contribution in the correct cell {loc['bcos_mean']:.3f} for the B-cos explanation, {loc['ixg_mean']:.3f} "
+        f"contribution in the correct cell {loc['bcos_mean']:.3f} for the model's own explanation, {loc['ixg_mean']:.3f} "
         f"for Input x Gradient of the same model outside explanation mode ({1 / loc['grid'] ** 2:.3f} for a "
         "uniform map)."
     )
 
 
+def _paper(record: dict[str, Any]) -> tuple[str, str]:
+    """The paper (URL, BibTeX) of the method the weights were trained with: B-cosification for a model
+    B-cosified from a standard network, CoDA-Nets for a CoDA-Net, B-cos v2 otherwise."""
+    if "base" in record.get("comparison", {}):
+        return BCOSIFICATION_PAPER, BCOSIFICATION_CITATION
+    if record["arch"] in list_models(family="coda"):
+        return CODA_PAPER, CODA_CITATION
+    return BCOS_V2_PAPER, BCOS_V2_CITATION
+
+
 def _spec(record: dict[str, Any]) -> WeightSpec:
     dataset = record["dataset"]
-    bcosified = "base" in record.get("comparison", {})  # B-cosified from a standard network: cite that paper
+    paper, citation = _paper(record)
     return WeightSpec(
         arch=record["arch"], tag=record["tag"], sources=(PackageFile(record["filename"], record["sha256"]),),
         num_classes=len(record["classes"]), transform=TransformConfig.from_dict(record["transform"]), classes=record["classes"],
         dataset=dataset, metrics={dataset: {k: record["metrics"][k] for k in ("top1", "top5")}},
         num_params=record["num_params"], model_kwargs=record["model_kwargs"], license=record["license"],
-        paper=BCOSIFICATION_PAPER if bcosified else BCOS_V2_PAPER, recipe=_recipe(record), notes=_notes(record),
-        citation=BCOSIFICATION_CITATION if bcosified else BCOS_V2_CITATION,
+        paper=paper, citation=citation, recipe=_recipe(record), notes=_notes(record),
         metrics_note=f"Measured by scripts/ship_weights.py on the full {DATASET_NAMES.get(dataset, dataset)} test set.",
     )  # fmt: skip
 
@@ -101,4 +124,5 @@ def shipped_weights(folder: Path = PACKAGE_WEIGHTS_DIR) -> list[WeightSpec]:
     return [_spec(json.loads(path.read_text())) for path in sorted(folder.glob("*.json"))]
 
 
-register_weights(shipped_weights())
+# the default of their architecture, also where official weights of it are registered (B-cos v1, CoDA-Nets)
+register_weights(shipped_weights(), default=True)
