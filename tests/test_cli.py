@@ -34,6 +34,8 @@ COMMANDS = ["list", "info", "download", "predict", "explain", "evaluate", "local
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+#: the heaviest subprocess tests (15-25 s each here): left out of the default run, CI runs them (.ci/run)
+slow_subprocess = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,7 @@ def test_predict_json_matches_python_api(env, work, fmnist, images):
                                    torch.sigmoid(top.values), atol=1e-5, rtol=0)  # fmt: skip
 
 
-@pytest.mark.slow  # a subprocess of 15-25 s here: CI runs it (.ci/run)
+@slow_subprocess
 def test_explain_fmnist_top_k(env, work, fmnist, images, png_size):
     out = work / "explain_fm"
     r = run(env, work, "explain", images["boot"], images["jpg"], "--weights", fmnist[0], "--top-k", 2, "-o", out)
@@ -153,7 +155,7 @@ def test_explain_fmnist_top_k(env, work, fmnist, images, png_size):
         assert png_size(p) == (3 * PANEL_PX, 2 * PANEL_PX)  # input, explanation, contributions x 2 classes
 
 
-@pytest.mark.slow  # a subprocess of 15-25 s here: CI runs it (.ci/run)
+@slow_subprocess
 def test_explain_imagenet_shaped_targets_by_name_and_index(env, work, images, png_size):
     out = work / "resnet18.png"
     r = run(env, work, "explain", images["jpg"], "-m", "bcos_resnet18", "--random-init", "--image-size", 64,
@@ -162,7 +164,7 @@ def test_explain_imagenet_shaped_targets_by_name_and_index(env, work, images, pn
     assert png_size(out) == (3 * PANEL_PX, 2 * PANEL_PX)
 
 
-@pytest.mark.slow  # a subprocess of 15-25 s here: CI runs it (.ci/run)
+@slow_subprocess
 def test_evaluate_fashion_mnist_and_write_card(env, work, fmnist):
     cards = work / "cards"
     r = run(env, work, "evaluate", "--weights", fmnist[0], "--data", "fashion-mnist", "--limit", 40,
@@ -177,7 +179,7 @@ def test_evaluate_fashion_mnist_and_write_card(env, work, fmnist):
     assert record["top1"] == pytest.approx(100 * (logits.argmax(1) == labels[:40]).float().mean().item(), abs=1e-6)
 
 
-@pytest.mark.slow  # a subprocess of 15-25 s here: CI runs it (.ci/run)
+@slow_subprocess
 def test_localisation_all_methods(env, work, fmnist, folder, png_size):
     plot = work / "loc.png"
     r = run(env, work, "localisation", "--weights", fmnist[0], "--data", folder, "--image-size", 28, "--grid", 2,
@@ -202,7 +204,7 @@ def test_demo_offline_on_a_fresh_machine(env, work, images, png_size):
     assert inference.DEMO_MODEL in bcos_zoo.list_weights() and "RANDOM" not in r.stderr + r.stdout
 
 
-@pytest.mark.slow  # a subprocess of 15-25 s here: CI runs it (.ci/run)
+@slow_subprocess
 def test_train_delegates_to_training(env, work):
     out = work / "run"
     r = run(env, work, "train", "--model", "bcos_resnet20_cifar", "--model-kwargs", "in_chans=2", "--epochs", 1,
@@ -350,7 +352,7 @@ def test_download_errors(capsys, monkeypatch, tmp_path):
     assert_one_line_error(code, err, "bcos_resnet18.in1k", "Offline mode is on (BCOS_ZOO_OFFLINE=1)")
 
 
-@pytest.mark.slow  # a subprocess of 15-25 s here: CI runs it (.ci/run)
+@slow_subprocess
 def test_list_info_download_as_subprocesses(env, work):
     r = run(env, work, "list", "cifar", "--pretrained", script=True)
     assert r.returncode == 0 and "bcos_resnet20_cifar.fmnist" in r.stdout and "shipped" in r.stdout
