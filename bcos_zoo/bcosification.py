@@ -15,10 +15,11 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .models.bcosified import IMAGENET_MEAN, IMAGENET_STD, BcosifiedNet
 from .models.bcosify_rules import family_of
@@ -26,7 +27,7 @@ from .models.vit import _CONFIGS
 from .registry import is_model
 from .transforms import TransformConfig, create_transform
 
-__all__ = ["bcosify"]
+__all__ = ["StandardTeacher", "bcosify", "load_standard"]
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +163,54 @@ def bcosify(model: nn.Module, *, num_classes: int | None = None, b: float = 2.0,
     if logit_bias is not None:
         converted.model_kwargs["logit_bias"] = logit_bias
     return converted
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    """torchvision's ``name`` with its DEFAULT weights, if they are in torchvision's cache (nothing is downloaded)."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise FileNotFoundError(
+            f"torchvision's weights of {name} are not in its cache ({cached}); fetch them once where there is internet "
+            f"(torchvision.models.get_model({name!r}, weights='DEFAULT')) and copy the file there, or pass --from FILE"
+        )
+    model = torchvision.models.get_model(name, weights=None)
+    model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+    return model  # bcosify moves ImageNet's mean/std (torchvision's preprocessing) inside
+
+
+def load_standard(source: str) -> nn.Module:
+    """A trained standard network: ``"torchvision:NAME"`` (its DEFAULT weights from torchvision's cache), a
+    bcos-zoo weight file of a standard network, or a registered standard weight or architecture name."""
+    from .builder import create_model, load_model
+
+    if source.startswith("torchvision:"):
+        return _torchvision_model(source.split(":", 1)[1])
+    if Path(source).is_file():
+        return load_model(source)
+    return create_model(source, pretrained=True)
+
+
+class StandardTeacher(nn.Module):
+    """The standard network a :class:`BcosifiedNet` was made from, reading the B-cos model's own input.
+
+    ``forward([x, 1 - x])`` normalises the image as the standard network was trained to see it (the
+    first half of the converted model's :class:`InputNormalization`, i.e. ``(x - mean) / std``) and
+    returns the standard network's logits: distillation targets for fine-tuning the converted model
+    (``TrainConfig(distill_from=...)``). Frozen and always in eval mode (running BN statistics).
+    """
+
+    def __init__(self, standard: nn.Module, student: BcosifiedNet) -> None:
+        super().__init__()
+        if not isinstance(student, BcosifiedNet):
+            raise TypeError(f"distillation from the standard network needs a B-cosified model, got {type(student).__name__}")
+        self.normalize, self.net = copy.deepcopy(student.normalize), standard.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> StandardTeacher:
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.normalize(x)
+        return self.net(z[:, : z.shape[1] // 2])

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import bcos_zoo
+from bcos_zoo.bcosification import StandardTeacher
 from bcos_zoo.cli import main as cli_main
 from bcos_zoo.errors import CheckpointError
 from bcos_zoo.layers import BatchNormUncentered2d, Detachable, LogitLayer
 from bcos_zoo.layers.bcosified import BcosifiedConv2d, BcosifiedLinear, DetachableGELU, InputNormalization, set_b_
 from bcos_zoo.models.bcosify_rules import split_conv_weight, split_patch_weight
 from bcos_zoo.training import TrainConfig, Trainer
-from bcos_zoo.training.loop import scheduled_b
+from bcos_zoo.training.loop import bce_loss, scheduled_b
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -399,7 +400,8 @@ def test_cli_bcosifies_and_finetunes(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         cli_main(["bcosify", "--help"])
     text = capsys.readouterr().out
-    for option in ("--from", "torchvision:NAME", "--b-schedule", "--drop-relu", "--mean", "--std", "--b B", "--resume"):
+    for option in ("--from", "torchvision:NAME", "--b-schedule", "--drop-relu", "--mean", "--std", "--b B", "--resume",
+                   "--distill [WEIGHT]"):
         assert option in text
 
 
@@ -420,3 +422,44 @@ def test_b_schedule_reaches_the_models_b_and_resumes_exactly(tmp_path: Path) -> 
     b = bcos_zoo.read_state_dict(tmp_path / "split" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_distillation_mixes_the_teachers_probabilities_into_the_targets() -> None:
+    logits, labels = torch.randn(4, 10), torch.tensor([0, 3, 9, 3])
+    soft = torch.rand(4, 10)
+    hard = F.one_hot(labels, 10).float()
+    assert bce_loss(logits, labels, soft=soft, soft_weight=1.0) == F.binary_cross_entropy_with_logits(logits, soft)
+    mixed = F.binary_cross_entropy_with_logits(logits, 0.75 * hard + 0.25 * soft)
+    torch.testing.assert_close(bce_loss(logits, labels, soft=soft, soft_weight=0.25), mixed)
+    torch.testing.assert_close(bce_loss(logits, labels, soft=hard), bce_loss(logits, labels))
+    for weight in (0.0, 1.5):
+        with pytest.raises(ValueError, match="distill_weight"):
+            TrainConfig(distill_weight=weight)
+
+
+def test_the_teacher_reads_the_bcos_input_as_the_standard_network_read_its_own() -> None:
+    std = _calibrate(torchvision.models.resnet18(num_classes=10), _rand(4, 3, 64, 64))
+    teacher = StandardTeacher(std, bcos_zoo.bcosify(std)).train()
+    x = _rand(2, 3, 64, 64, seed=2)
+    normalised = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(_with_inverse(x)), std(normalised))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(TypeError, match="B-cosified"):
+        StandardTeacher(std, bcos_zoo.create_model("bcos_resnet20_cifar"))
+
+
+def test_a_distilling_trainer_fits_the_standard_networks_sigmoid_outputs(tmp_path: Path) -> None:
+    standard = tmp_path / "standard.safetensors"
+    _save_standard(standard)
+    cfg = TrainConfig(model="bcosified_resnet20_cifar", model_kwargs={"in_chans": 2}, out=str(tmp_path / "run"),
+                      distill_from=str(standard), distill_weight=1.0, epochs=1, batch_size=8,
+                      max_steps_per_epoch=1, eval_limit=16)  # fmt: skip
+    trainer = Trainer(cfg)
+    x, y = _rand(8, 1, 28, 28), torch.arange(8)
+    with torch.no_grad():
+        expected = torch.sigmoid(bcos_zoo.load_model(standard).eval()(x))
+        logits = trainer.model(_with_inverse(x))
+    torch.testing.assert_close(trainer._loss(logits, _with_inverse(x), y),
+                               F.binary_cross_entropy_with_logits(logits, expected))
+    assert trainer.run()["train_samples"] == 8

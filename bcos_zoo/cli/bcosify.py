@@ -10,15 +10,14 @@ starting with the converted model's accuracy at ``epoch 0``, ``wall_time 0``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from .train import add_train_options, config_from_args, run_training
 
-__all__ = ["add_commands", "convert_to_file", "load_standard"]
+__all__ = ["add_commands", "convert_to_file"]
 
 log = logging.getLogger("bcos_zoo.cli")
 
@@ -30,37 +29,10 @@ FROM_HELP = (
 )
 
 
-def _torchvision_model(name: str) -> nn.Module:
-    """torchvision's ``name`` with its DEFAULT weights, if they are in torchvision's cache."""
-    import torch
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cached.is_file():
-        raise FileNotFoundError(
-            f"torchvision's weights of {name} are not in its cache ({cached}); fetch them once where there is internet "
-            f"(torchvision.models.get_model({name!r}, weights='DEFAULT')) and copy the file there, or pass --from FILE"
-        )
-    model = torchvision.models.get_model(name, weights=None)
-    model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
-    return model  # bcosify moves ImageNet's mean/std (torchvision's preprocessing) inside
-
-
-def load_standard(source: str) -> nn.Module:
-    """The trained standard network ``--from`` names (see ``FROM_HELP``)."""
-    import bcos_zoo
-
-    if source.startswith("torchvision:"):
-        return _torchvision_model(source.split(":", 1)[1])
-    if Path(source).is_file():
-        return bcos_zoo.load_model(source)
-    return bcos_zoo.create_model(source, pretrained=True)
-
-
 def convert_to_file(args: argparse.Namespace, dst: Path) -> None:
     """B-cosify ``--from`` as the options say and write it (with its rebuilding header) to ``dst``."""
     import bcos_zoo
+    from bcos_zoo.bcosification import load_standard
 
     standard = load_standard(args.init_from)
     classes = getattr(getattr(standard, "pretrained_cfg", None), "classes", None)
@@ -80,8 +52,9 @@ def cmd_bcosify(args: argparse.Namespace) -> int:
         convert_to_file(args, converted)
     header = bcos_zoo.read_header(converted)
     kwargs = {k: v for k, v in header.model_kwargs.items() if k != "num_classes"}
-    cfg = config_from_args(args)
-    cfg.model, cfg.model_kwargs, cfg.init_from, cfg.keep_classifier = header.arch, kwargs, str(converted), True
+    distill = {"distill_from": args.init_from, "distill_weight": args.distill} if args.distill is not None else {}
+    cfg = dataclasses.replace(config_from_args(args), model=header.arch, model_kwargs=kwargs, init_from=str(converted),
+                              keep_classifier=True, **distill)  # fmt: skip
     return run_training(cfg, args)
 
 
@@ -103,6 +76,10 @@ def add_commands(add: Any) -> None:
                    help="the standard network's input mean, e.g. 0.485,0.456,0.406 (default: from its transform; "
                    "ImageNet's for torchvision; none otherwise)")
     p.add_argument("--std", type=_floats, default=None, help="its input std (as --mean)")
+    p.add_argument("--distill", type=float, nargs="?", const=0.5, default=None, metavar="WEIGHT",
+                   help="knowledge distillation: the BCE targets become (1 - WEIGHT) * one-hot + WEIGHT * the "
+                   "standard network's sigmoid outputs on the same batch (WEIGHT default 0.5; costs one no-grad "
+                   "forward of the standard network per step)")
     p.set_defaults(func=cmd_bcosify, lr=1e-4, optimizer="adamw", warmup_epochs=0.0, eval_at_start=True)
     p.epilog = ("Defaults follow the B-cosification recipe for CNNs: AdamW, lr 1e-4, no warm-up, weight decay 0 "
                 "(ViTs: --optimizer adam --lr 1e-3). --eval-at-start is on: the history starts at epoch 0.")

@@ -31,6 +31,9 @@ class TrainConfig:
         b_schedule: ``"linear"`` raises the B of every B-cos unit linearly from 1 (first step) to the
             model's own B (last step), as in the B-cosification ablation; ``None`` keeps it fixed.
         eval_at_start: evaluate before the first step too (history entry ``epoch: 0``, ``wall_time: 0``).
+        distill_from: fine-tuning a B-cosified model, also fit the sigmoid outputs of this standard network (the
+            one it was made from; a ``bcos_zoo.bcosification.load_standard`` source): knowledge distillation.
+        distill_weight: the BCE targets are ``(1 - w) * one-hot + w * sigmoid(teacher logits)``.
     """
 
     model: str = "bcos_resnet20_cifar"
@@ -57,9 +60,13 @@ class TrainConfig:
     optimizer: str = "adam"
     b_schedule: str | None = None
     eval_at_start: bool = False
+    distill_from: str | None = None
+    distill_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.b_schedule not in (None, "linear"):
             raise ValueError(f"b_schedule must be None (fixed B) or 'linear' (1 to the model's B): {self.b_schedule!r}")
+        if not 0.0 < self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight is the teacher's share of the targets, in (0, 1]: {self.distill_weight}")

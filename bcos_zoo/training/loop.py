@@ -31,8 +31,10 @@ __all__ = ["Trainer", "bce_loss", "scheduled_b", "train"]
 log = logging.getLogger(__name__)
 
 
-def bce_loss(logits: Tensor, labels: Tensor, off_label: bool = False) -> Tensor:
-    """Binary cross-entropy against one-hot targets; with ``off_label`` the off-targets are 1/C.
+def bce_loss(logits: Tensor, labels: Tensor, off_label: bool = False, soft: Tensor | None = None,
+             soft_weight: float = 0.5) -> Tensor:  # fmt: skip
+    """Binary cross-entropy against one-hot targets; with ``off_label`` the off-targets are 1/C; with
+    ``soft`` (a teacher's probabilities, distillation) the targets are ``(1 - soft_weight) * one-hot + soft_weight * soft``.
 
     Example:
         >>> loss = bce_loss(model(x), y)  # B-cos models are trained with BCE, not softmax cross-entropy
@@ -40,6 +42,8 @@ def bce_loss(logits: Tensor, labels: Tensor, off_label: bool = False) -> Tensor:
     targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
     if off_label:
         targets = targets.clamp(min=1.0 / logits.shape[1])
+    if soft is not None:
+        targets = torch.lerp(targets, soft.to(logits.dtype), soft_weight)
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
@@ -102,6 +106,7 @@ class Trainer:
         self.data = TrainData(cfg, self.dist)
         self.model = build_model(cfg, len(self.data.classes)).to(self.device)
         self.data.in_chans = self.model.in_chans
+        self.teacher = self._teacher()
         self.arch, self.model_kwargs = self._identity()
         self.net: nn.Module = self.model
         if self.dist.world > 1:
@@ -125,6 +130,22 @@ class Trainer:
         elif resume:
             log.warning("--resume: no checkpoint in %s, starting from scratch", cfg.out)
 
+    def _teacher(self) -> nn.Module | None:
+        """The frozen standard network to distil from (``cfg.distill_from``), reading the model's input."""
+        if self.cfg.distill_from is None:
+            return None
+        from ..bcosification import StandardTeacher, load_standard
+
+        return StandardTeacher(load_standard(self.cfg.distill_from), self.model).to(self.device)
+
+    def _loss(self, logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """BCE of a step, with the teacher's sigmoid outputs mixed into the targets when distilling."""
+        soft = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                soft = torch.sigmoid(self.teacher(x))
+        return bce_loss(logits, y, self.cfg.off_label, soft, self.cfg.distill_weight)
+
     def _identity(self) -> tuple[str, dict[str, Any]]:
         """Architecture name and the keyword arguments that rebuild the model (those of the weights it
         was fine-tuned from included), as recorded in the weight headers and the summary."""
@@ -145,7 +166,7 @@ class Trainer:
             x, y = to_model_input(x.to(self.device), in_chans), y.to(self.device)
             self._schedule_b(self.epoch * self.steps + step)
             logits = self.net(x)
-            loss = bce_loss(logits, y, cfg.off_label)
+            loss = self._loss(logits, x, y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
