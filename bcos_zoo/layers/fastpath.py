@@ -53,7 +53,6 @@ class FilterCache:
         self._key: tuple[object, ...] = ()
         self._value: Tensor | None = None
 
-
     def get(self, sources: tuple[Tensor | None, ...], compute: Callable[[], Tensor], extra: tuple = ()) -> Tensor:
         """The cached value if ``sources`` are the same unchanged tensors (and ``extra`` the same plain
         values, e.g. an eps) as last time, else ``compute()`` (stored for next time)."""
