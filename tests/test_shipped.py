@@ -213,7 +213,12 @@ def test_a_bcosified_record_cites_its_paper_and_compares_with_the_from_scratch_r
     assert spec.recipe.startswith("B-cosified from a standard `standard_resnet20_cifar` trained here (93.24% test top-1 in 20.0 min")
     assert "took 0.25x that time" in spec.recipe and "Adam lr 0.001" in spec.recipe
     assert spec.recipe.endswith("![test top-1 against wall time](bcosified_resnet20_cifar.t.curves.png)")
-    assert "keeps only its final evaluation" not in spec.recipe
+    assert "keeps only its final evaluation" not in spec.recipe and "distillation" not in spec.recipe
+    record["training"]["config"].update(distill_from="runs/std/model.safetensors", distill_weight=0.25)
+    (tmp_path / "x.json").write_text(json.dumps(record))
+    (spec,) = shipped_weights(tmp_path)
+    assert ("the targets mixing 0.75 x one-hot labels with 0.25 x the standard network's sigmoid outputs "
+            "(distillation), random 2-pixel shifts") in spec.recipe
     record["comparison"]["from_scratch"]["history"] = history[-1:]  # a shipped run known by its final evaluation
     (tmp_path / "x.json").write_text(json.dumps(record))
     (spec,) = shipped_weights(tmp_path)
