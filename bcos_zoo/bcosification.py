@@ -205,7 +205,8 @@ class StandardTeacher(nn.Module):
     def __init__(self, standard: nn.Module, student: BcosifiedNet) -> None:
         super().__init__()
         if not isinstance(student, BcosifiedNet):
-            raise TypeError(f"distillation from the standard network needs a B-cosified model, got {type(student).__name__}")
+            raise TypeError(f"distillation from the standard network needs a B-cosified model, "
+                            f"got {type(student).__name__}")
         self.normalize, self.net = copy.deepcopy(student.normalize), standard.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> StandardTeacher:

@@ -1,7 +1,8 @@
 """``bcos-zoo bcosify``: B-cosify a trained standard network and fine-tune it with the B-cos recipe.
 
 The converted model is written to ``OUT/bcosified.safetensors`` (before any step; ``--resume`` reuses
-it), then fine-tuned by the project's trainer like ``bcos-zoo train``: ``last.*`` every epoch, and
+it, though ``--distill`` loads the standard network again as the teacher), then fine-tuned by the
+project's trainer like ``bcos-zoo train``: ``last.*`` every epoch, and
 at the end ``model.safetensors`` (reloadable with ``bcos_zoo.load_model``), ``summary.json`` and a
 model card. ``last.json`` / ``summary.json`` keep the epoch history with cumulative wall times,
 starting with the converted model's accuracy at ``epoch 0``, ``wall_time 0``.

@@ -49,8 +49,9 @@ def _recipe(record: dict[str, Any]) -> str:
         how = (f"B-cosified from a standard `{base['arch']}` trained here ({base['top1']:.2f}% test top-1 in "
                f"{base['wall_time_s'] / 60:.1f} min; command `{base['command']}`), then fine-tuned with `bcos-zoo bcosify`")  # fmt: skip
     schedule = ", B raised linearly from 1 to the model's B" if cfg.get("b_schedule") == "linear" else ""
-    distill = (f", the targets mixing {1 - cfg['distill_weight']:g} x one-hot labels with {cfg['distill_weight']:g} x the "
-               "standard network's sigmoid outputs (distillation)") if cfg.get("distill_from") else ""  # fmt: skip
+    w = cfg.get("distill_weight")
+    distill = (f", the targets mixing {1 - w:g} x one-hot labels with {w:g} x the standard network's sigmoid "
+               "outputs (distillation)") if cfg.get("distill_from") else ""  # fmt: skip
     text = (
         f"{how} on the {dataset} training images: {cfg['epochs']} epochs, "
         f"batch {cfg['batch_size']}, {_OPTIMIZERS[cfg.get('optimizer', 'adam')]} lr {cfg['lr']}, cosine schedule "

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 def bce_loss(logits: Tensor, labels: Tensor, off_label: bool = False, soft: Tensor | None = None,
              soft_weight: float = 0.5) -> Tensor:  # fmt: skip
-    """Binary cross-entropy against one-hot targets; with ``off_label`` the off-targets are 1/C; with
-    ``soft`` (a teacher's probabilities, distillation) the targets are ``(1 - soft_weight) * one-hot + soft_weight * soft``.
+    """Binary cross-entropy against one-hot targets; with ``off_label`` the off-targets are 1/C; with ``soft``
+    (a teacher's probabilities, distillation) the targets are ``(1 - soft_weight) * one-hot + soft_weight * soft``.
 
     Example:
         >>> loss = bce_loss(model(x), y)  # B-cos models are trained with BCE, not softmax cross-entropy
