@@ -202,6 +202,28 @@ def test_square_align_derivatives(shapes: tuple[tuple[int, ...], tuple[int, ...]
         _close(o, r, what)
 
 
+@pytest.mark.parametrize(("shape", "max_out", "dim"), [((2, 6, 3, 4), 2, 1), ((2, 9, 3, 4), 3, 1), ((3, 2, 8), 2, 2)],
+                         ids=["conv M=2", "conv M=3", "linear"])  # fmt: skip
+def test_max_out_derivatives(shape: tuple[int, ...], max_out: int, dim: int) -> None:
+    """MaxOut's hand-written backward equals autograd's through ``amax`` (first and second order) where no
+    two units tie; at a tie every tied unit gets the whole gradient."""
+    from bcos_zoo.layers.bcos import _MaxOut
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    fn = functools.partial(_MaxOut.apply, max_out=max_out, dim=dim)
+
+    def ref(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(dim, (-1, max_out)).amax(dim + 1)
+
+    _close(fn(x), ref(x), "MaxOut")
+    probe = torch.randn(fn(x).shape, dtype=torch.float64)
+    _close(torch.autograd.grad((fn(x) * probe).sum(), x)[0], torch.autograd.grad((ref(x) * probe).sum(), x)[0], "grad")
+    assert torch.autograd.gradcheck(fn, (x,)) and torch.autograd.gradgradcheck(fn, (x,))
+    tied = torch.tensor([[1.0, 1.0, 0.5, 2.0]], requires_grad=True)
+    (grad,) = torch.autograd.grad(_MaxOut.apply(tied, 2, 1), tied, torch.tensor([[3.0, 5.0]]))
+    assert grad.tolist() == [[3.0, 3.0, 0.0, 5.0]]
+
+
 def test_bcos_linear_rejects_bias() -> None:
     with pytest.raises(ValueError, match="bias"):
         BcosLinear(4, 3, bias=True)
