@@ -158,7 +158,8 @@ def test_serve_refuses_a_model_that_is_not_available_offline(weights_env, capsys
 
 
 def test_offline_models_are_the_shipped_and_cached_weights(weights_env):
-    assert offline_models() == ["bcos_resnet20_cifar.fmnist", "bcos_simple9_cifar.fmnist", "coda_simple9_cifar.fmnist"]
+    assert offline_models() == ["bcos_resnet20_cifar.fmnist", "bcos_simple9_cifar.fmnist",
+                                "bcosified_resnet20_cifar.fmnist_bcosified", "coda_simple9_cifar.fmnist"]
 
 
 def test_the_app_logic_runs_without_gradio(demo):

@@ -55,9 +55,9 @@ def _recipe(record: dict[str, Any]) -> str:
     text = (
         f"{how} on the {dataset} training images: {cfg['epochs']} epochs, "
         f"batch {cfg['batch_size']}, {_OPTIMIZERS[cfg.get('optimizer', 'adam')]} lr {cfg['lr']}, cosine schedule "
-        f"with {cfg['warmup_epochs']} warmup epoch(s){schedule}, binary cross-entropy"
-        f"{' with uniform off-labels' if cfg['off_label'] else ''}{distill}, random "
-        f"{cfg['shift']}-pixel shifts{' and horizontal flips' if cfg['flip'] else ''}, seed {training['seed']}. "
+        f"{_warmup(cfg['warmup_epochs'])}{schedule}, binary cross-entropy"
+        f"{' with uniform off-labels' if cfg['off_label'] else ''}{distill}, {_augmentation(cfg)}, "
+        f"seed {training['seed']}. "
         f"Command: `{training['command']}`. Wall time {training['wall_time_s'] / 60:.1f} min on {training['machine']} "
         f"({training['world_size']} process(es))."
     )
@@ -68,12 +68,23 @@ def _recipe(record: dict[str, Any]) -> str:
         text += (
             f"\n\nFor comparison, a `{scratch['arch']}` trained from scratch on the same data and machine reached "
             f"{scratch['top1']:.2f}% in {scratch['wall_time_s'] / 60:.1f} min (command `{scratch['command']}`): the "
-            f"fine-tuning took {ratio:.2f}x that time. Test top-1 after each epoch against wall time (the trainer's "
+            f"fine-tuning took {ratio:.3f}x that time. Test top-1 after each epoch against wall time (the trainer's "
             f"evaluations on the full test set{_ONE_POINT if len(scratch['history']) == 1 else ''}):"
         )
     if record.get("curves"):
         text += f"\n\n![test top-1 against wall time]({record['curves']})"
     return text
+
+
+def _warmup(epochs: float) -> str:
+    return "without warm-up" if epochs == 0 else f"after {epochs:g} warm-up epoch(s)"
+
+
+def _augmentation(cfg: dict[str, Any]) -> str:
+    """The training augmentation of a Fashion-MNIST run, in words."""
+    parts = [f"random {cfg['shift']}-pixel shifts"] if cfg["shift"] else []
+    parts += ["horizontal flips"] if cfg["flip"] else []
+    return " and ".join(parts) if parts else "no augmentation"
 
 
 def _continuation(earlier: dict[str, Any], cfg: dict[str, Any]) -> str:
