@@ -206,7 +206,7 @@ def test_square_align_derivatives(shapes: tuple[tuple[int, ...], tuple[int, ...]
                          ids=["conv M=2", "conv M=3", "linear"])  # fmt: skip
 def test_max_out_derivatives(shape: tuple[int, ...], max_out: int, dim: int) -> None:
     """MaxOut's hand-written backward equals autograd's through ``amax`` (first and second order) where no
-    two units tie; at a tie every tied unit gets the whole gradient."""
+    two units tie; at a tie the first unit (M = 2) or every tied unit (M > 2) gets the whole gradient."""
     from bcos_zoo.layers.bcos import _MaxOut
 
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
@@ -219,9 +219,11 @@ def test_max_out_derivatives(shape: tuple[int, ...], max_out: int, dim: int) -> 
     probe = torch.randn(fn(x).shape, dtype=torch.float64)
     _close(torch.autograd.grad((fn(x) * probe).sum(), x)[0], torch.autograd.grad((ref(x) * probe).sum(), x)[0], "grad")
     assert torch.autograd.gradcheck(fn, (x,)) and torch.autograd.gradgradcheck(fn, (x,))
-    tied = torch.tensor([[1.0, 1.0, 0.5, 2.0]], requires_grad=True)
-    (grad,) = torch.autograd.grad(_MaxOut.apply(tied, 2, 1), tied, torch.tensor([[3.0, 5.0]]))
-    assert grad.tolist() == [[3.0, 3.0, 0.0, 5.0]]
+    tied = torch.tensor([[1.0, 1.0, 0.5, 2.0, 2.0, 2.0]], requires_grad=True)
+    (grad,) = torch.autograd.grad(_MaxOut.apply(tied, 2, 1), tied, torch.tensor([[3.0, 5.0, 7.0]]))
+    assert grad.tolist() == [[3.0, 0.0, 0.0, 5.0, 7.0, 0.0]]  # M = 2: to the first of two tied units, as max
+    (grad,) = torch.autograd.grad(_MaxOut.apply(tied, 3, 1), tied, torch.tensor([[3.0, 5.0]]))
+    assert grad.tolist() == [[3.0, 3.0, 0.0, 5.0, 5.0, 5.0]]  # M > 2: to every tied unit
 
 
 def test_bcos_linear_rejects_bias() -> None:

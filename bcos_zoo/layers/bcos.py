@@ -204,28 +204,36 @@ def _global_hooks() -> bool:
 
 class _MaxOut(torch.autograd.Function):
     """The MaxOut reduction ``x.unflatten(dim, (-1, M)).amax(dim + 1)`` with a two-pass backward: the
-    gradient goes to the units equal to the maximum (a mask from the saved input and output, times the
-    gradient). Autograd's ``amax`` backward also divides by the number of ties, in five passes over the
-    input (converting the mask to floats alone is a tenth of a MaxOut ResNet-20 training step). Ties are
-    the one difference: each tied unit gets the whole gradient. They need two filters with exactly equal
-    responses, and where that happens at a zero response (a zero input patch) the B-cos factor after
-    MaxOut makes the gradient zero anyway."""
+    gradient goes to the units equal to the maximum, a mask times the gradient. Autograd's ``amax`` backward
+    also divides by the number of ties, in five passes over the input (converting the mask to floats alone
+    was a tenth of a MaxOut ResNet-20 training step). For M = 2 (every released MaxOut model) the mask is
+    ``first >= second``, taken in the forward over half as many numbers, and the second unit gets
+    ``grad - grad·mask``: a tie sends the gradient to the first unit, as ``max`` does. For M > 2 each tied
+    unit gets the whole gradient. Ties need two filters with exactly equal responses; where that happens at
+    a zero response (a zero input patch), the B-cos factor after MaxOut makes the gradient zero anyway."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, max_out: int, dim: int) -> Tensor:
-        out = x.unflatten(dim, (-1, max_out)).amax(dim + 1)
-        ctx.save_for_backward(x, out)
-        ctx.max_out, ctx.dim = max_out, dim
+        units = x.unflatten(dim, (-1, max_out))  # [..., O, M, ...]
+        out = units.amax(dim + 1)
+        if max_out == 2:
+            ctx.save_for_backward(units.select(dim + 1, 0) >= units.select(dim + 1, 1))
+        else:
+            ctx.save_for_backward(x, out)
+        ctx.max_out, ctx.dim, ctx.shape = max_out, dim, x.shape
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
+        d = ctx.dim + 1
+        if ctx.max_out == 2:
+            (first,) = ctx.saved_tensors
+            to_first = grad * first
+            return torch.stack((to_first, grad - to_first), d).reshape(ctx.shape), None, None
         x, out = ctx.saved_tensors
-        units = x.unflatten(ctx.dim, (-1, ctx.max_out))  # [..., O, M, ...]
-        winner = units == out.unsqueeze(ctx.dim + 1)
-        # a bool-float product (3x faster than ``where`` here); reshape, not flatten: vmap (batched gradients,
-        # ``explain_topk``) has no batching rule for flatten
-        return (winner * grad.unsqueeze(ctx.dim + 1)).reshape(x.shape), None, None
+        winner = x.unflatten(ctx.dim, (-1, ctx.max_out)) == out.unsqueeze(d)
+        # reshape, not flatten: vmap (batched gradients, ``explain_topk``) has no batching rule for flatten
+        return (winner * grad.unsqueeze(d)).reshape(ctx.shape), None, None
 
 
 def _reduce_max_out(out: Tensor, max_out: int, dim: int) -> Tensor:
