@@ -77,6 +77,7 @@ def _recipe(record: dict[str, Any]) -> str:
 
 
 def _warmup(epochs: float) -> str:
+    """The learning-rate warm-up before the cosine decay, in words."""
     return "without warm-up" if epochs == 0 else f"after {epochs:g} warm-up epoch(s)"
 
 
