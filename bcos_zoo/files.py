@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,11 +39,19 @@ def temporary_next_to(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a new empty temporary file in ``dest``'s folder; it is deleted on exit if still there.
 
     The writer's pid is in its name, so :func:`remove_stale_parts` can tell a dead writer's leftovers.
+    The file is created with mode ``0o666`` less the umask, as ``open()`` would (``tempfile.mkstemp``
+    makes it ``0o600``, and the file moved into place would then be unreadable to anyone else sharing
+    the cache).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.{os.getpid()}-", suffix=".part")
-    os.close(fd)
+    while True:
+        tmp = dest.parent / f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.part"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
     try:
         yield Path(tmp)
     finally:

@@ -199,6 +199,28 @@ def test_stale_temporaries_of_dead_processes_are_removed(weights_env, server, tm
     assert not stale.exists() and alive.exists()
 
 
+def test_atomically_written_files_get_the_mode_open_would_give(tmp_path):
+    """Cached weights, cards and checkpoints are readable as the umask allows (``tempfile.mkstemp`` alone
+    would leave them 0600, unreadable to the others sharing a cache), and a writer's temporary names its pid."""
+    import os
+
+    from bcos_zoo.files import atomic_write
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "w.safetensors") as tmp:
+            assert tmp.name.startswith(f".w.safetensors.{os.getpid()}-") and tmp.name.endswith(".part")
+            tmp.write_bytes(b"weights")
+        os.umask(0o077)
+        with atomic_write(tmp_path / "private.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "w.safetensors").read_bytes() == b"weights" and not list(tmp_path.glob(".*.part"))
+
+
 # ------------------------------------------------------------------------------------- what arrives
 
 
