@@ -45,15 +45,13 @@ def temporary_next_to(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    while True:
+    while True:  # O_EXCL: a name another writer drew already is drawn again
         tmp = dest.parent / f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.part"
-        try:
+        with contextlib.suppress(FileExistsError):
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break
-        except FileExistsError:  # another writer drew the same name: draw again
-            continue
     try:
-        yield Path(tmp)
+        yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(weights_env, server, tm
     folder.mkdir(parents=True)
     stale = folder / f".x.safetensors.{dead.pid}-abc123.part"
     stale.write_bytes(b"half a file")
-    alive = folder / f".y.safetensors.{__import__('os').getpid()}-def456.part"  # ours: still being written
+    alive = folder / f".y.safetensors.{os.getpid()}-def456.part"  # ours: still being written
     alive.write_bytes(b"in progress")
     bcos_zoo.create_model(ARCH, pretrained=url, **KW)
     assert not stale.exists() and alive.exists()
@@ -202,8 +203,6 @@ def test_stale_temporaries_of_dead_processes_are_removed(weights_env, server, tm
 def test_atomically_written_files_get_the_mode_open_would_give(tmp_path):
     """Cached weights, cards and checkpoints are readable as the umask allows (``tempfile.mkstemp`` alone
     would leave them 0600, unreadable to the others sharing a cache), and a writer's temporary names its pid."""
-    import os
-
     from bcos_zoo.files import atomic_write
 
     previous = os.umask(0o022)
