@@ -372,6 +372,13 @@ def _quantile_rows(values: Tensor, q: float) -> Tensor:
     return v_lo + (v_hi - v_lo) * (pos - lo)
 
 
+def _box_smooth(x: Tensor, k: int) -> Tensor:
+    """The ``k``×``k`` mean filter ``F.avg_pool2d(x, k, stride=1, padding=(k - 1) // 2)`` (zeros counted), as a
+    ``k``×1 then a 1×``k`` pass: 2k additions per pixel instead of k² (15×15: about 4x faster on a CPU)."""
+    pad = (k - 1) // 2
+    return F.avg_pool2d(F.avg_pool2d(x, (k, 1), 1, (pad, 0)), (1, k), 1, (0, pad))
+
+
 def gradient_to_image(
     image: Tensor, linear_mapping: Tensor, *, smooth: int = 15, alpha_percentile: float = 99.5
 ) -> Tensor:
@@ -394,10 +401,10 @@ def gradient_to_image(
         k = color_channels(w.shape[1])
         rgb = rgb[:, :k] / (rgb[:, :k] + rgb[:, k:] + 1e-12)  # [B, k, H, W]
     rgb = rgb[:, :3] if rgb.shape[1] >= 3 else rgb[:, :1].expand(-1, 3, -1, -1)
-    alpha = torch.linalg.vector_norm(w, dim=1, keepdim=True)
+    alpha = w.square().sum(1, keepdim=True).sqrt()  # the channel norm; vector_norm(dim=1) is ~20x slower here
     alpha = torch.where(contribs < 0, torch.full_like(alpha, 1e-12), alpha)
     if smooth:
-        alpha = F.avg_pool2d(alpha, smooth, stride=1, padding=(smooth - 1) // 2)
+        alpha = _box_smooth(alpha, smooth)
     cutoff = _quantile_rows(alpha.flatten(1), alpha_percentile / 100)
     alpha = (alpha / cutoff.view(-1, 1, 1, 1)).clamp(0, 1)
     # an even smoothing kernel shrinks alpha by one pixel, as in the reference implementation

@@ -192,3 +192,15 @@ def test_corrupt_image_file(tmp_path: Path) -> None:
         create_transform()(path)
     with pytest.raises(FileNotFoundError):
         create_transform()(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 15])
+def test_box_smoothing_equals_the_square_mean_filter(k: int) -> None:
+    """The two 1-D passes of the explanation's alpha smoothing give avg_pool2d's k×k mean (odd and even k)."""
+    from bcos_zoo.explain import _box_smooth
+
+    x = torch.rand(2, 1, 37, 50)
+    expected = torch.nn.functional.avg_pool2d(x, k, stride=1, padding=(k - 1) // 2)
+    got = _box_smooth(x, k)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

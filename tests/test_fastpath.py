@@ -153,3 +153,26 @@ def test_cache_filled_under_inference_mode_serves_explanations() -> None:
 
     e = explain(model, x)
     torch.testing.assert_close(e.contribution_map.sum() + e.bias_contribution.sum(), e.logits.max())
+
+
+def test_residual_sum_in_place_only_without_a_graph() -> None:
+    """Blocks add the shortcut into their output under no_grad (one block-sized tensor less), and out of place
+    when autograd records or the sum would change dtype; the model's output is the same either way."""
+    from bcos_zoo.models.resnet import add_residual
+
+    out, identity = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    expected = out + identity
+    with torch.no_grad():
+        got = add_residual(out, identity)
+    assert got is out and torch.equal(got, expected)
+    leaf = torch.randn(2, 4, 3, 3, requires_grad=True)
+    assert add_residual(leaf, identity) is not leaf and leaf.grad_fn is None
+    low = torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)
+    with torch.no_grad():
+        mixed = add_residual(low, identity)
+    assert mixed is not low and mixed.dtype == torch.float32
+    model = _tiny_resnet(Bottleneck).eval()
+    x = torch.rand(2, 6, 16, 16)
+    with torch.no_grad():
+        fast = model(x)
+    torch.testing.assert_close(fast, model(x.requires_grad_()), rtol=1e-6, atol=1e-6)

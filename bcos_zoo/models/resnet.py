@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Union
 
+import torch
 from torch import Tensor, nn
 
 from ..registry import register_model
@@ -29,6 +30,19 @@ from ._base import BcosModelMixin
 from ._features import BlockSequence, FeatureStage
 
 __all__ = ["BcosResNet", "BasicBlock", "Bottleneck"]
+
+
+def add_residual(out: Tensor, identity: Tensor) -> Tensor:
+    """``out + identity``, written into ``out`` when no autograd graph is recorded (as torchvision's blocks
+    do): one fresh block-sized tensor less per block, which on CPU is also a round of page faults. Out of place
+    when the sum would have another dtype or shape than ``out`` (e.g. mixed precisions under autocast), and under
+    ``torch.compile``, which fuses the add itself (the checks would split its graph)."""
+    if torch.compiler.is_compiling():
+        return out + identity
+    recorded = torch.is_grad_enabled() and (out.requires_grad or identity.requires_grad)
+    if recorded or out.shape != identity.shape or out.dtype != torch.result_type(out, identity):
+        return out + identity
+    return out.add_(identity)
 
 
 class BasicBlock(nn.Module):
@@ -51,7 +65,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.bn1(self.conv1(x))))
-        return self.stochastic_depth(out) + identity
+        return add_residual(self.stochastic_depth(out), identity)
 
 
 class Bottleneck(nn.Module):
@@ -76,7 +90,7 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.bn1(self.conv1(x))))
         out = self.bn3(self.conv3(out))
-        return self.stochastic_depth(out) + identity
+        return add_residual(self.stochastic_depth(out), identity)
 
 
 Block = Union[type[BasicBlock], type[Bottleneck]]
