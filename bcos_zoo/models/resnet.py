@@ -37,10 +37,9 @@ def add_residual(out: Tensor, identity: Tensor) -> Tensor:
     do): one fresh block-sized tensor less per block, which on CPU is also a round of page faults. Out of place
     when the sum would have another dtype or shape than ``out`` (e.g. mixed precisions under autocast), and under
     ``torch.compile``, which fuses the add itself (the checks would split its graph)."""
-    if torch.compiler.is_compiling():
-        return out + identity
     recorded = torch.is_grad_enabled() and (out.requires_grad or identity.requires_grad)
-    if recorded or out.shape != identity.shape or out.dtype != torch.result_type(out, identity):
+    if (torch.compiler.is_compiling() or recorded or out.shape != identity.shape
+            or out.dtype != torch.result_type(out, identity)):  # fmt: skip
         return out + identity
     return out.add_(identity)
 
