@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How long loading pretrained weights takes, as ratios against the official package in the same run.
 
-    python scripts/bench_load.py --arch bcos_resnet50 --repeats 5
+    python scripts/bench_load.py --arch bcos_resnet50 --repeats 5 [--json benchmarks/load-run1.json]
 
 Both sides get the same weights from local files (nothing is downloaded):
   * ours: ``bcos_zoo.create_model(arch, pretrained=<file>.safetensors)`` (meta-device build, one read,
@@ -10,7 +10,8 @@ Both sides get the same weights from local files (nothing is downloaded):
     ``load_state_dict`` (PyPI ``bcos``, installed with the test extras),
   * ours the eager way: ``create_model(arch)`` + ``load_state_dict`` of the safetensors file, to show
     what the meta-device build saves.
-Each timing is the median of ``--repeats`` interleaved runs after one warm-up.
+Each timing is the median of ``--repeats`` interleaved runs after ``--warmup`` untimed ones; ``--json`` saves
+the run for ``scripts/gen_perf_section.py``.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ from pathlib import Path
 import torch
 
 import bcos_zoo
-from benchutil import median_ms
+from benchutil import add_run_options, median_ms, write_json
 
 OFFICIAL = {"bcos_resnet50": "resnet50", "bcos_resnet18": "resnet18", "bcos_densenet121": "densenet121"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="bcos_resnet50", choices=sorted(OFFICIAL))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    add_run_options(parser, repeats=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from bcos.models import pretrained as official
@@ -51,11 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             build_official(pretrained=False).load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
 
         ms = median_ms({"ours": lambda: bcos_zoo.create_model(args.arch, pretrained=st), "official": official_load,
-                         "ours_eager": eager}, args.repeats)  # fmt: skip
+                         "ours_eager": eager}, args.repeats, args.warmup)  # fmt: skip
     for name, value in ms.items():
         print(f"{name}: {value:.0f} ms")
-    print(f"ratio ours / official: {ms['ours'] / ms['official']:.2f} (goal <= 0.33)")
-    print(f"ratio ours / ours built eagerly: {ms['ours'] / ms['ours_eager']:.2f}")
+    ratios = {f"load_{args.arch}_vs_official": ms["ours"] / ms["official"],
+              f"load_{args.arch}_vs_eager_build": ms["ours"] / ms["ours_eager"]}  # fmt: skip
+    for key, value in ratios.items():
+        print(f"{key}: {value:.2f}")
+    write_json(args.json, "bench_load.py", argv, {f"{k}_{args.arch}": v for k, v in ms.items()}, ratios)
     return 0
 
 

@@ -4,8 +4,8 @@
     python scripts/gen_perf_section.py           # rewrite the block
     python scripts/gen_perf_section.py --check   # exit 1 if README.md is out of date
 
-Each ``benchmarks/*.json`` is one run of ``scripts/bench_inference.py`` or ``scripts/bench_train.py``
-(``--json FILE``). A ratio is shown as the range over the runs that measured it (a shared machine is
+Each ``benchmarks/*.json`` is one run of ``scripts/bench_inference.py``, ``scripts/bench_train.py`` or
+``scripts/bench_load.py`` (``--json FILE``). A ratio is shown as the range over the runs that measured it (a shared machine is
 noisy), next to its goal; the header names the machine and thread count of the runs.
 """
 
@@ -37,6 +37,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "vit_s_forward_bs1_vs_official": ("ViT-S forward bs 1, ours ÷ official", ""),
     "vit_s_forward_bs8_vs_official": ("ViT-S forward bs 8, ours ÷ official", ""),
     "vit_s_explain_bs1_vs_official": ("ViT-S `explain()` ÷ official explain", ""),
+    "load_bcos_resnet50_vs_official": ("`create_model(pretrained=<.safetensors>)` ÷ official build + `.pth` load", "≤ 0.33×"),
+    "load_bcos_resnet50_vs_eager_build": ("the same ÷ our eager build + `load_state_dict`", ""),
     "train_step_bcos_resnet20_cifar_bs32_vs_official": ("train step ResNet-20 CIFAR bs 32, ÷ official layers", "≤ 0.8×"),
     "train_step_bcos_resnet50_bs2_vs_official": ("train step ResNet-50 bs 2, ÷ official layers", "≤ 0.8×"),
 }  # fmt: skip
@@ -61,8 +63,8 @@ def render(runs: list[dict]) -> str:
     for run in runs:
         for key, value in run["ratios"].items():
             values.setdefault(key, []).append(value)
-    machines = sorted({f"{r['machine']['cpu']}, {r['machine']['threads']} threads of {r['machine']['cores']} cores"
-                       for r in runs})  # fmt: skip
+    machines = sorted({f"{m['cpu']}, {m['threads']} thread{'s' * (m['threads'] != 1)} of {m['cores']} cores"
+                       for m in (r["machine"] for r in runs)})  # fmt: skip
     torch_versions = sorted({r["machine"]["torch"] for r in runs})
     dates = sorted(r["date"] for r in runs)
     header = (
