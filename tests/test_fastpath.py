@@ -176,3 +176,32 @@ def test_residual_sum_in_place_only_without_a_graph() -> None:
     with torch.no_grad():
         fast = model(x)
     torch.testing.assert_close(fast, model(x.requires_grad_()), rtol=1e-6, atol=1e-6)
+
+
+def test_pointwise_conv_runs_as_matmul_only_without_filter_gradients() -> None:
+    """A 1×1 stride-1 B-cos conv is a matrix product when no filter gradient is needed (equal to the
+    convolution), and a convolution otherwise: in training, on channels_last input, strided or grouped."""
+    from bcos_zoo.layers.bcos import _pointwise_matmul
+
+    torch.manual_seed(0)
+    conv = BcosConv2d(8, 12, 1).eval()
+    x = torch.randn(3, 8, 5, 7)
+    w = conv.linear.normalized_weight()
+    with torch.no_grad():
+        assert _pointwise_matmul(conv.linear, x, w, None)
+        torch.testing.assert_close(conv.linear(x), torch.nn.functional.conv2d(x, w), rtol=1e-6, atol=1e-6)
+        assert not _pointwise_matmul(conv.linear, x.to(memory_format=torch.channels_last), w, None)
+        assert not _pointwise_matmul(conv.linear, x, w, torch.zeros(12))
+    assert not _pointwise_matmul(conv.linear, x, conv.linear.weight, None)  # the filters need a gradient
+    for other in (BcosConv2d(8, 12, 1, stride=2), BcosConv2d(8, 12, 1, groups=2), BcosConv2d(8, 12, 3, padding=1)):
+        assert not _pointwise_matmul(other.linear, x, other.linear.weight.detach(), None)
+    xg = x.clone().requires_grad_()  # the input gradient through the product equals the convolution's
+    conv.linear.weight.requires_grad_(False)  # as explain() freezes the weights
+    assert _pointwise_matmul(conv.linear, xg, conv.linear.normalized_weight(), None)
+    with explanation_mode(conv):
+        (grad,) = torch.autograd.grad(conv(xg).sum(), xg)
+    conv.linear.weight.requires_grad_(True)
+    conv_model = copy.deepcopy(conv).train()  # training: the convolution path, same filters
+    with explanation_mode(conv_model):
+        (expected,) = torch.autograd.grad(conv_model(xg).sum(), xg)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
