@@ -179,8 +179,8 @@ def test_residual_sum_in_place_only_without_a_graph() -> None:
 
 
 def test_pointwise_conv_runs_as_matmul_only_without_filter_gradients() -> None:
-    """A 1×1 stride-1 B-cos conv is a matrix product when no filter gradient is needed (equal to the
-    convolution), and a convolution otherwise: in training, on channels_last input, strided or grouped."""
+    """A 1×1 B-cos conv is a matrix product when no filter gradient is needed (equal to the convolution, also
+    strided on odd sizes), and a convolution otherwise: in training, on channels_last input, padded or grouped."""
     from bcos_zoo.layers.bcos import _pointwise_matmul
 
     torch.manual_seed(0)
@@ -193,15 +193,23 @@ def test_pointwise_conv_runs_as_matmul_only_without_filter_gradients() -> None:
         assert not _pointwise_matmul(conv.linear, x.to(memory_format=torch.channels_last), w, None)
         assert not _pointwise_matmul(conv.linear, x, w, torch.zeros(12))
     assert not _pointwise_matmul(conv.linear, x, conv.linear.weight, None)  # the filters need a gradient
-    for other in (BcosConv2d(8, 12, 1, stride=2), BcosConv2d(8, 12, 1, groups=2), BcosConv2d(8, 12, 3, padding=1)):
+    strided = BcosConv2d(8, 12, 1, stride=2).eval()
+    ws = strided.linear.normalized_weight()
+    with torch.no_grad():
+        assert _pointwise_matmul(strided.linear, x, ws, None)
+        got = strided.linear(x)  # 5×7 sampled at stride 2: 3×4
+        assert got.shape == (3, 12, 3, 4) and got.is_contiguous()
+        torch.testing.assert_close(got, torch.nn.functional.conv2d(x, ws, stride=2), rtol=1e-6, atol=1e-6)
+    for other in (BcosConv2d(8, 12, 1, padding=1), BcosConv2d(8, 12, 1, groups=2), BcosConv2d(8, 12, 3, padding=1)):
         assert not _pointwise_matmul(other.linear, x, other.linear.weight.detach(), None)
     xg = x.clone().requires_grad_()  # the input gradient through the product equals the convolution's
-    conv.linear.weight.requires_grad_(False)  # as explain() freezes the weights
-    assert _pointwise_matmul(conv.linear, xg, conv.linear.normalized_weight(), None)
-    with explanation_mode(conv):
-        (grad,) = torch.autograd.grad(conv(xg).sum(), xg)
-    conv.linear.weight.requires_grad_(True)
-    conv_model = copy.deepcopy(conv).train()  # training: the convolution path, same filters
-    with explanation_mode(conv_model):
-        (expected,) = torch.autograd.grad(conv_model(xg).sum(), xg)
-    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+    for layer in (conv, strided):
+        layer.linear.weight.requires_grad_(False)  # as explain() freezes the weights
+        assert _pointwise_matmul(layer.linear, xg, layer.linear.normalized_weight(), None)
+        with explanation_mode(layer):
+            (grad,) = torch.autograd.grad(layer(xg).sum(), xg)
+        layer.linear.weight.requires_grad_(True)
+        training = copy.deepcopy(layer).train()  # training: the convolution path, same filters
+        with explanation_mode(training):
+            (expected,) = torch.autograd.grad(training(xg).sum(), xg)
+        torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
