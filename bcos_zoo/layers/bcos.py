@@ -13,6 +13,7 @@ before the cosine scaling.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Union
@@ -20,6 +21,7 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 from torch.nn.modules.utils import _pair
 
 from .detach import Detachable
@@ -216,14 +218,12 @@ def patch_norms(
         sums = F.conv2d(squares, ones, None, stride, padding, dilation, groups)
     else:
         sums = F.avg_pool2d(squares, kernel_size, stride, padding, divisor_override=1)  # window sums
-    return (sums + CONV_NORM_EPS).sqrt()
+    return (sums + CONV_NORM_EPS).sqrt() if grad else sums.add_(CONV_NORM_EPS).sqrt_()  # sums: fresh
 
 
 def _global_hooks() -> bool:
     """Whether global module hooks are registered (they would see a folded, scaled conv output)."""
-    from torch.nn.modules import module
-
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 class _MaxOut(torch.autograd.Function):
@@ -323,7 +323,7 @@ class BcosConv2d(Detachable, nn.Module):
             out = self.linear._conv_forward(x, self._folded_filters(fold), None)
         if self.b == 1:
             return out
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach):  # detached anyway
+        with torch.no_grad() if self.detach and torch.is_grad_enabled() else contextlib.nullcontext():
             norm = patch_norms(x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
         if self.groups == 1:
             out = bcos_scale(out, norm, self.b, self.detach)
