@@ -323,7 +323,7 @@ class BcosConv2d(Detachable, nn.Module):
             out = self.linear._conv_forward(x, self._folded_filters(fold), None)
         if self.b == 1:
             return out
-        with torch.no_grad() if self.detach and torch.is_grad_enabled() else contextlib.nullcontext():
+        with torch.no_grad() if self.detach and torch.is_grad_enabled() else contextlib.nullcontext():  # detached
             norm = patch_norms(x, self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
         if self.groups == 1:
             out = bcos_scale(out, norm, self.b, self.detach)
