@@ -5,8 +5,8 @@
     python scripts/gen_perf_section.py --check   # exit 1 if README.md is out of date
 
 Each ``benchmarks/*.json`` is one run of ``scripts/bench_inference.py``, ``scripts/bench_train.py`` or
-``scripts/bench_load.py`` (``--json FILE``). A ratio is shown as the range over the runs that measured it (a shared machine is
-noisy), next to its goal; the header names the machine and thread count of the runs.
+``scripts/bench_load.py`` (``--json FILE``). A ratio is shown as the range over the runs that measured it
+(a shared machine is noisy), next to its goal; the header names the machine and thread count of the runs.
 """
 
 from __future__ import annotations
